@@ -1,0 +1,239 @@
+"""Build the pipeline from a Config, run it, stop it in data order.
+
+    tailer ──chunks──▶ SinkRunner (one per sink: batch → encode → send/retry) ──acks──▶ Ledger
+       ▲                                                                          │
+       └──────────── budget release, entry offsets ◀──────── on_advance ◀─────────┘
+    checkpoint writer: every flush interval, dead letters fsynced, then checkpoints written atomically
+
+Stop (SIGTERM/SIGINT, or the end of `--once`): stop reading → every runner flushes and waits for its
+batches (bounded by shutdown_timeout_s, unbounded with --once) → sinks close (the file sink finishes
+its file) → dead letters fsynced → final checkpoint. Whatever was not acknowledged is not
+checkpointed, so it is read again at the next start. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from agent.checkpoint.ledger import Ledger
+from agent.checkpoint.store import CheckpointStore
+from agent.config import Config
+from agent.deadletter.store import DeadLetterStore
+from agent.delivery.budget import ByteBudget
+from agent.delivery.config import RetryConfig
+from agent.delivery.engine import SinkRunner
+from agent.errors import StateError
+from agent.model import Chunk
+from agent.obs.metrics import Metrics
+from agent.obs.server import ObsServer
+from agent.process.decode import LineProcessor, Transform
+from agent.sinks.registry import build_sink
+from agent.source.tailer import Tailer
+
+log = logging.getLogger(__name__)
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Hold an exclusive lock on state_dir for the life of the process: one agent per state."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateError(f"{state_dir} is in use by another kube-audit-shipper process (lock held on {state_dir / 'lock'})") from None
+    return fd
+
+
+def build_transform(cfg: Config) -> Transform | None:
+    """Policy trimming and enrichment; None when neither is configured (lines ship unchanged)."""
+    return None
+
+
+class Agent:
+    def __init__(self, cfg: Config, *, metrics: Metrics | None = None, sinks: list[Any] | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self._sinks_override = sinks
+        self.stop_event = asyncio.Event()
+        self.ready = False
+        self.started = time.monotonic()
+        self.tailer: Tailer | None = None
+        self.runners: list[SinkRunner] = []
+        self.processor: LineProcessor | None = None
+        self.deadletter: DeadLetterStore | None = None
+        self.store = CheckpointStore(cfg.state_dir)
+        self.budget = ByteBudget(cfg.memory_limit_bytes)
+        self._last_loop_tick = time.monotonic()
+
+    # -- wiring ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg = self.cfg
+        entries = self.store.load()
+        self.deadletter = DeadLetterStore(cfg.state_dir, max_bytes=cfg.deadletter.max_bytes, max_event_bytes=cfg.deadletter.max_event_bytes)
+        self.processor = LineProcessor(build_transform(cfg), self.deadletter)
+        sinks = self._sinks_override if self._sinks_override is not None else [build_sink(s, node=cfg.node) for s in cfg.sinks]
+        by_name = {s.name: s for s in cfg.sinks}
+        ledger = Ledger([s.name for s in sinks], on_advance=self._on_advance)
+        for sink in sinks:
+            scfg = by_name.get(sink.name)
+            self.runners.append(
+                SinkRunner(
+                    sink,
+                    batch=cfg.batch_for(scfg) if scfg is not None else cfg.batch,
+                    retry=scfg.retry if scfg is not None else RetryConfig(),
+                    concurrency=scfg.concurrency if scfg is not None else 1,
+                    ledger=ledger,
+                    deadletter=self.deadletter,
+                    metrics=self.metrics,
+                )
+            )
+        self.tailer = Tailer(
+            cfg.input,
+            entries=entries,
+            processor=self.processor,
+            ledger=ledger,
+            budget=self.budget,
+            emit=self._emit,
+            forget_after_s=cfg.checkpoint.forget_after_s,
+        )
+        self.metrics.bind(self.metrics_state)
+
+    def _on_advance(self, fid: int, offset: int) -> None:
+        assert self.tailer is not None
+        self.tailer.on_advance(fid, offset)
+
+    async def _emit(self, chunk: Chunk) -> None:
+        for runner in self.runners:
+            runner.queue.put_nowait(chunk)
+
+    # -- state for metrics and status ------------------------------------------------------------
+    def metrics_state(self) -> dict[str, Any]:
+        assert self.processor is not None and self.tailer is not None and self.deadletter is not None
+        counts = dict(self.processor.counts)
+        dropped = {k: v for k, v in getattr(self.processor.transform, "drops", {}).items()}
+        dead = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("deadletter:")}
+        return {
+            "events_read": counts.get("read", 0),
+            "bytes_read": self.tailer.bytes_read,
+            "dropped": dropped,
+            "deadlettered": dead,
+            "shipped": {r.name: (r.shipped_events, r.shipped_bytes) for r in self.runners},
+            "bytes_behind": self.tailer.bytes_behind(),
+            "checkpoint_writes": self.store.writes,
+            "truncations": self.tailer.truncations,
+            "read_errors": self.tailer.read_errors,
+            "backpressure_waits": self.budget.waits,
+            "deadletter_evicted": self.deadletter.evicted_records,
+            "inflight_bytes": self.budget.in_use,
+            "memory_limit": self.budget.limit,
+            "files_tracked": len(self.tailer.files),
+        }
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._last_loop_tick < 30
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    async def write_checkpoint(self) -> None:
+        assert self.tailer is not None and self.deadletter is not None
+        snapshot = [msgspec.structs.replace(e) for e in self.tailer.entries]
+        deadletter = self.deadletter
+
+        def _write() -> None:
+            deadletter.sync()  # records for lines the checkpoint moves past are durable first
+            self.store.save(snapshot)
+
+        await asyncio.to_thread(_write)
+
+    async def _checkpoint_loop(self) -> None:
+        interval = self.cfg.checkpoint.flush_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self._last_loop_tick = time.monotonic()
+            await self.write_checkpoint()
+
+    async def _file_sink_timer(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            for r in self.runners:
+                finish = getattr(r.sink, "finish_if_old", None)
+                if finish is not None:
+                    await asyncio.to_thread(finish)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        if self.stop_event.is_set():
+            log.warning("second stop signal: exiting without waiting for in-flight batches")
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+            return
+        log.info("stopping: no more reads; finishing in-flight batches", extra={"timeout_s": self.cfg.shutdown_timeout_s})
+        self.stop_event.set()
+
+    async def run(self, *, once: bool = False, install_signals: bool = True, on_ready: Callable[[Agent], None] | None = None) -> int:
+        lock_fd = lock_state_dir(Path(self.cfg.state_dir))
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+        server: ObsServer | None = None
+        background: list[asyncio.Task[Any]] = []
+        try:
+            self._build()
+            assert self.tailer is not None
+            addr = self.cfg.metrics.address()
+            if addr is not None:
+                server = ObsServer(addr[0], addr[1], metrics=self.metrics.render, healthy=self.healthy, ready=lambda: self.ready)
+                await server.start()
+            runner_tasks = [loop.create_task(r.run(), name=f"sink:{r.name}") for r in self.runners]
+            background = [loop.create_task(self._checkpoint_loop(), name="checkpoints"), loop.create_task(self._file_sink_timer(), name="file-sink-timer")]
+            tail_task = loop.create_task(self.tailer.run(self.stop_event, once=once), name="tailer")
+            self.ready = True
+            if on_ready is not None:
+                on_ready(self)
+            done, _ = await asyncio.wait([tail_task, *runner_tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            if not tail_task.done():
+                self.stop_event.set()
+            await tail_task
+            await self.write_checkpoint()  # the first-start offsets and whatever is acknowledged so far
+            for r in self.runners:
+                await r.stop()
+            timeout = None if once and not self.stop_event.is_set() else self.cfg.shutdown_timeout_s
+            _, pending = await asyncio.wait(runner_tasks, timeout=timeout)
+            if pending:
+                log.warning("shutdown timeout: batches still in flight are abandoned; they are read again at the next start", extra={"sinks": [t.get_name() for t in pending]})
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+            for r in self.runners:
+                await r.sink.aclose()
+            await self.write_checkpoint()
+            return 0
+        finally:
+            for t in background:
+                t.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if server is not None:
+                await server.aclose()
+            if self.tailer is not None:
+                self.tailer.close()
+            if self.deadletter is not None:
+                self.deadletter.close()
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+            os.close(lock_fd)

@@ -1,0 +1,103 @@
+"""Command line: argv → command; the only place that turns errors into exit codes.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid config/policy/usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from agent import __version__
+from agent.errors import AgentError, ConfigError, PolicyError
+
+log = logging.getLogger("agent")
+
+EXAMPLES = """\
+examples:
+  kube-audit-shipper demo                               # built-in demo: fake apiserver → pipeline → zstd files
+  kube-audit-shipper validate -c /etc/kube-audit-shipper/config.yaml
+  kube-audit-shipper run -c /etc/kube-audit-shipper/config.yaml
+  kube-audit-shipper run --once -c backfill.yaml        # ship what the files hold now, then exit
+  kube-audit-shipper status -c /etc/kube-audit-shipper/config.yaml
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kube-audit-shipper",
+        description="Tail the kube-apiserver audit log, trim it with an audit Policy, and ship every event at least once.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"kube-audit-shipper {__version__}")
+    p.add_argument("--log-format", choices=["text", "json"], default="text", help="log line format on stderr (default: text)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent", description="Run the agent until SIGTERM/SIGINT (or, with --once, until everything in the files now is acknowledged).")
+    run.add_argument("-c", "--config", required=True, help="config YAML file")
+    run.add_argument("--once", action="store_true", help="ship everything the files hold now, wait until every sink acknowledged it, exit 0")
+
+    val = sub.add_parser("validate", help="check a config file", description="Check a config file; print every error and exit 2, or exit 0.")
+    val.add_argument("-c", "--config", required=True)
+
+    st = sub.add_parser("status", help="show per-file progress", description="Per file: path, identity, checkpoint offset, size, bytes behind.")
+    st.add_argument("-c", "--config", required=True)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser("demo", help="run the built-in demo", description="Write realistic audit events to a temporary audit.log, rotate it as kube-apiserver does, and ship it with the real pipeline to a zstd file sink.")
+    demo.add_argument("--events", type=int, default=50_000, help="events to write (default: 50000)")
+    demo.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
+    demo.add_argument("--dir", help="directory to use (default: a new temporary directory)")
+    demo.add_argument("--seed", type=int, default=1)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from agent.obs import logs
+
+    logs.setup(args.log_level, args.log_format)
+    if args.command is None:
+        _parser().print_help()
+        return 2
+    try:
+        return _dispatch(args)
+    except (ConfigError, PolicyError) as exc:
+        print(f"kube-audit-shipper: {exc}", file=sys.stderr)
+        return 2
+    except AgentError as exc:
+        log.error(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from agent import config as config_mod
+
+    if args.command == "validate":
+        cfg = config_mod.load(args.config)
+        from agent.app import build_transform
+
+        build_transform(cfg)  # loads and validates the policy file too
+        print(f"{args.config}: OK ({len(cfg.sinks)} sink(s): {', '.join(s.name for s in cfg.sinks)})")
+        return 0
+    if args.command == "run":
+        from agent.app import Agent
+
+        cfg = config_mod.load(args.config)
+        return asyncio.run(Agent(cfg).run(once=args.once))
+    if args.command == "status":
+        from agent.commands.status import print_status
+
+        return print_status(config_mod.load(args.config), as_json=args.json, out=sys.stdout)
+    if args.command == "demo":
+        from agent.commands.demo import run_demo
+
+        return run_demo(events=args.events, rate=args.rate, directory=args.dir, seed=args.seed, out=sys.stdout)
+    raise AssertionError(args.command)

@@ -1,0 +1,36 @@
+"""Blocks shared by every sink's config: batching and retries."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+
+class BatchConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    max_events: Annotated[int, msgspec.Meta(ge=1, le=1_000_000, description="flush a batch at this many events")] = 4096
+    max_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30, description="flush a batch at this many uncompressed bytes")] = 4 << 20
+    max_wait_ms: Annotated[int, msgspec.Meta(ge=0, le=3_600_000, description="flush a batch this long after its first event")] = 1000
+
+
+class RetryConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    initial_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000, description="first backoff (full jitter)")] = 500
+    max_ms: Annotated[int, msgspec.Meta(ge=1, le=86_400_000, description="backoff cap")] = 60_000
+    multiplier: Annotated[float, msgspec.Meta(ge=1.0, le=10.0, description="backoff growth per attempt")] = 2.0
+    max_retry_age_s: Annotated[
+        int,
+        msgspec.Meta(ge=0, description="give a batch up to the dead-letter store after retrying this long; 0: never give up"),
+    ] = 0
+
+    def __post_init__(self) -> None:
+        if self.max_ms < self.initial_ms:
+            raise ValueError(f"retry.max_ms ({self.max_ms}) must be >= retry.initial_ms ({self.initial_ms})")
+
+
+class SinkConfigBase(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, tag_field="type"):
+    """Keys every sink has. Subclasses add the backend's own keys and set `tag=` to the sink type name."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="unique sink name (metrics label, state directory name)")]
+    batch: Annotated[BatchConfig | None, msgspec.Meta(description="overrides the top-level batch block for this sink")] = None
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64, description="requests in flight at once")] = 4

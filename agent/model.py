@@ -1,0 +1,30 @@
+"""Value types that cross stages.
+
+A Chunk is a run of whole lines of one file, [start, end) in that file's content offsets, after
+processing: `records` are the events to ship, `ends[i]` the end offset of the input that record i
+stands for. Lines that produce no record (dropped by policy, dead-lettered, blank) are folded into
+the range of the next record, and the last record's range reaches `end`, so acknowledging every
+record of a chunk acknowledges the whole range. A chunk with no records is acknowledged at once.
+"""
+
+from __future__ import annotations
+
+
+class Chunk:
+    __slots__ = ("fid", "start", "end", "records", "ends", "nbytes", "read_at")
+
+    def __init__(self, fid: int, start: int, end: int, records: list[bytes], ends: list[int], read_at: float) -> None:
+        self.fid = fid
+        self.start = start
+        self.end = end
+        self.records = records
+        self.ends = ends
+        self.nbytes = sum(map(len, records)) + len(records)
+        self.read_at = read_at
+
+    def range_of(self, i: int, j: int) -> tuple[int, int]:
+        """Input range covered by records[i:j]."""
+        return (self.start if i == 0 else self.ends[i - 1], self.ends[j - 1])
+
+    def __repr__(self) -> str:
+        return f"Chunk(fid={self.fid}, [{self.start}, {self.end}), {len(self.records)} records)"

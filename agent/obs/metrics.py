@@ -1,0 +1,84 @@
+"""Every metric the agent exports, on a registry of its own (no global state).
+
+Counters that change per event are kept as plain integers by the component that owns them (the line
+processor, the tailer, the sink runners) and read at scrape time by `_StateCollector`, so the hot
+path never takes a metrics lock. Per-batch observations (send latency) use prometheus_client types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+P = "kube_audit_shipper_"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.errors = Counter(P + "errors", "Errors by kind", ["kind"], registry=self.registry)
+        self.sink_retries = Counter(P + "sink_retries", "Failed sends that will be retried", ["sink"], registry=self.registry)
+        self.deadlettered = Counter(P + "sink_events_deadlettered", "Events a sink gave up on (dead-lettered)", ["reason"], registry=self.registry)
+        self.batch_send_seconds = Histogram(P + "batch_send_seconds", "Time to encode and deliver one batch, retries included", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.delivery_latency_seconds = Histogram(
+            P + "delivery_latency_seconds", "From reading a batch's oldest event to its acknowledgement by the sink", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry
+        )
+        self._collector: _StateCollector | None = None
+
+    def shipped(self, sink: str, events: int, nbytes: int, send_s: float, latency_s: float) -> None:
+        self.batch_send_seconds.labels(sink).observe(send_s)
+        self.delivery_latency_seconds.labels(sink).observe(latency_s)
+
+    def bind(self, state: Callable[[], dict[str, Any]]) -> None:
+        """Export the live state returned by `state()` (see app.Agent.metrics_state)."""
+        self._collector = _StateCollector(state)
+        self.registry.register(self._collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: Callable[[], dict[str, Any]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Any]:
+        s = self._state()
+        yield _counter("events_read", "Lines read from audit logs", s["events_read"])
+        yield _counter("input_bytes_read", "Bytes read from audit logs (compressed bytes for .gz files)", s["bytes_read"])
+        c = CounterMetricFamily(P + "events_dropped", "Events not shipped on purpose (policy level None or omitted stage)", labels=["reason"])
+        for reason, n in sorted(s["dropped"].items()):
+            c.add_metric([reason], n)
+        yield c
+        c = CounterMetricFamily(P + "events_deadlettered", "Input lines stored as dead letters instead of shipped", labels=["reason"])
+        for reason, n in sorted(s["deadlettered"].items()):
+            c.add_metric([reason], n)
+        yield c
+        shipped = CounterMetricFamily(P + "events_shipped", "Events acknowledged by a sink", labels=["sink"])
+        nbytes = CounterMetricFamily(P + "bytes_shipped", "Uncompressed event bytes acknowledged by a sink", labels=["sink"])
+        for sink, (events, b) in sorted(s["shipped"].items()):
+            shipped.add_metric([sink], events)
+            nbytes.add_metric([sink], b)
+        yield shipped
+        yield nbytes
+        g = GaugeMetricFamily(P + "file_bytes_behind", "Bytes of a file not yet acknowledged by every sink", labels=["path"])
+        for path, n in sorted(s["bytes_behind"].items()):
+            g.add_metric([path], n)
+        yield g
+        yield _counter("checkpoint_writes", "Checkpoint file writes", s["checkpoint_writes"])
+        yield _counter("source_truncations", "Files found truncated (copytruncate) and read again from 0", s["truncations"])
+        yield _counter("source_read_errors", "Read errors on input files", s["read_errors"])
+        yield _counter("reader_backpressure_waits", "Times the reader waited for memory to be freed by acknowledgements", s["backpressure_waits"])
+        yield _counter("deadletter_evicted_records", "Dead-letter records removed to keep the store under max_bytes", s["deadletter_evicted"])
+        yield GaugeMetricFamily(P + "memory_inflight_bytes", "Bytes of events read and not yet acknowledged by every sink", value=s["inflight_bytes"])
+        yield GaugeMetricFamily(P + "memory_limit_bytes", "memory_limit_bytes from the config", value=s["memory_limit"])
+        yield GaugeMetricFamily(P + "files_tracked", "Input files currently tracked", value=s["files_tracked"])
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(P + name, doc, value=value)

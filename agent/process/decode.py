@@ -1,0 +1,94 @@
+"""Turn the lines of one read into the records to ship: check, transform, dead-letter what is bad.
+
+Runs in the reader's thread, once per chunk. A line is an audit event when it is valid UTF-8 and a
+JSON object; anything else goes to the dead-letter store with file and offset, never stops the reader.
+With no transform configured the record is the line's bytes, unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Protocol
+
+import msgspec
+
+from agent.deadletter.store import DeadLetterStore
+from agent.errors import MalformedEventError
+from agent.model import Chunk
+from agent.source.reader import Lines
+
+
+class Transform(Protocol):
+    def apply(self, line: bytes) -> bytes | None: ...
+
+
+class _AnyObject(msgspec.Struct):
+    """Decoding into a field-less Struct checks JSON syntax and that the top level is an object,
+    without building any Python objects for the fields."""
+
+
+_check_object = msgspec.json.Decoder(_AnyObject).decode
+
+
+def check_event(line: bytes) -> None:
+    """Raise MalformedEventError unless `line` is valid UTF-8 holding one JSON object."""
+    if not line.isascii():
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedEventError(f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        _check_object(line)
+    except msgspec.ValidationError:
+        raise MalformedEventError("not a JSON object") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedEventError(f"malformed JSON: {exc}") from None
+
+
+class LineProcessor:
+    def __init__(self, transform: Transform | None, deadletter: DeadLetterStore) -> None:
+        self.transform = transform
+        self.deadletter = deadletter
+        self.counts: Counter[str] = Counter()  # read, blank, shipped, deadletter:<reason>, dropped
+
+    def process(self, fid: int, path: str, lines: Lines) -> Chunk:
+        records: list[bytes] = []
+        ends: list[int] = []
+        counts = self.counts
+        transform = self.transform
+        dropped = 0
+        for line, end in zip(lines.lines, lines.ends):
+            if not line.strip():
+                counts["blank"] += 1
+                continue
+            try:
+                if transform is None:
+                    check_event(line)
+                    out: bytes | None = line
+                else:
+                    if not line.isascii():
+                        try:
+                            line.decode("utf-8")
+                        except UnicodeDecodeError as exc:
+                            raise MalformedEventError(f"invalid UTF-8 at byte {exc.start}") from None
+                    out = transform.apply(line)
+            except MalformedEventError as exc:
+                self._dead(path, end - len(line) - 1, len(line) + 1, exc.reason, line)
+                continue
+            if out is None:
+                dropped += 1
+                continue
+            records.append(out)
+            ends.append(end)
+        for offset, length in lines.oversize:
+            self._dead(path, offset, length, f"line longer than max_line_bytes ({length - 1} bytes)", None, kind="oversize")
+        counts["read"] += len(lines.lines) + len(lines.oversize)
+        counts["dropped"] += dropped
+        if records:
+            ends[-1] = lines.end
+        return Chunk(fid, lines.start, lines.end, records, ends, time.monotonic())
+
+    def _dead(self, path: str, offset: int, length: int, reason: str, line: bytes | None, kind: str = "malformed") -> None:
+        self.counts[f"deadletter:{kind}"] += 1
+        self.deadletter.add(reason=reason, sink=None, path=path, offset=offset, length=length, event=line)

@@ -1,0 +1,63 @@
+"""Hints that something changed on disk: inotify through watchdog, coalesced. Decides nothing.
+
+Notifications are only a reason to look: the tailer still fstat()s every open file on a timer, so a
+missed or overflowed inotify event delays reading by at most `poll_interval_ms`, never stalls it.
+Many writes between two looks become one wake-up of the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+
+
+class ChangeHints(FileSystemEventHandler):
+    def __init__(self, loop: asyncio.AbstractEventLoop, dirs: set[str]) -> None:
+        self._loop = loop
+        self._dirs = dirs
+        self.wake = asyncio.Event()
+        self._pending = threading.Event()
+        self.rescan = False  # a file appeared, moved or went away: re-evaluate globs
+        self._observer: Observer | None = None  # type: ignore[valid-type]
+
+    def start(self) -> None:
+        observer = Observer()
+        scheduled = 0
+        for d in sorted(self._dirs):
+            try:
+                observer.schedule(self, d, recursive=False)
+                scheduled += 1
+            except OSError as exc:  # directory missing (yet): polling covers it
+                log.warning("cannot watch directory, relying on polling", extra={"dir": d, "error": str(exc)})
+        if scheduled:
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+
+    def stop(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def on_any_event(self, event: FileSystemEvent) -> None:  # watchdog's thread
+        if event.event_type in ("created", "moved", "deleted"):
+            self.rescan = True
+        elif event.event_type not in ("modified", "closed"):
+            return
+        if not self._pending.is_set():
+            self._pending.set()
+            try:
+                self._loop.call_soon_threadsafe(self._set)
+            except RuntimeError:  # loop closed during shutdown
+                pass
+
+    def _set(self) -> None:
+        self._pending.clear()
+        self.wake.set()
