@@ -75,6 +75,7 @@ class Agent:
         self.store = CheckpointStore(cfg.state_dir)
         self.budget = ByteBudget(cfg.memory_limit_bytes)
         self._last_loop_tick = time.monotonic()
+        self._snapshots = 0
 
     # -- wiring ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -120,7 +121,7 @@ class Agent:
     # -- state for metrics and status ------------------------------------------------------------
     def metrics_state(self) -> dict[str, Any]:
         assert self.processor is not None and self.tailer is not None and self.deadletter is not None
-        counts = dict(self.processor.counts)
+        counts = self.processor.counts()
         dropped = {k: v for k, v in getattr(self.processor.transform, "drops", {}).items()}
         dead = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("deadletter:")}
         return {
@@ -147,11 +148,13 @@ class Agent:
     async def write_checkpoint(self) -> None:
         assert self.tailer is not None and self.deadletter is not None
         snapshot = [msgspec.structs.replace(e) for e in self.tailer.entries]
+        self._snapshots += 1
+        generation = self._snapshots
         deadletter = self.deadletter
 
         def _write() -> None:
             deadletter.sync()  # records for lines the checkpoint moves past are durable first
-            self.store.save(snapshot)
+            self.store.save(snapshot, generation)
 
         await asyncio.to_thread(_write)
 

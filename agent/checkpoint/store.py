@@ -17,6 +17,7 @@ temp file, fsync, rename over the old file, fsync of the directory. The absence 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class CheckpointStore:
         self.path = Path(state_dir) / "checkpoints.json"
         self._encoder = msgspec.json.Encoder()
         self._last: bytes | None = None
+        self._lock = threading.Lock()  # a periodic write may still run in its thread when the final one starts
+        self._generation = 0  # of the newest snapshot written: an older snapshot never overwrites it
         self.writes = 0
 
     def load(self) -> list[Entry] | None:
@@ -99,14 +102,17 @@ class CheckpointStore:
             raise StateError(f"{self.path}: checkpoint version {doc.version} is not supported (this agent writes {VERSION})")
         return doc.files
 
-    def save(self, entries: list[Entry]) -> bool:
-        """Write the entries if they changed; True if a write happened."""
+    def save(self, entries: list[Entry], generation: int = 0) -> bool:
+        """Write the entries if they changed; True if a write happened. `generation` orders snapshots
+        taken on the event loop: a write of an older snapshot that lost the race is skipped."""
         body = self._encoder.encode(sorted(entries, key=lambda e: (e.path, e.dev, e.ino)))
-        if body == self._last:
-            return False
-        doc = b'{"version":%d,"written_at":%.3f,"files":%s}' % (VERSION, time.time(), body)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, doc)
-        self._last = body
-        self.writes += 1
-        return True
+        with self._lock:
+            if body == self._last or generation < self._generation:
+                return False
+            self._generation = generation
+            doc = b'{"version":%d,"written_at":%.3f,"files":%s}' % (VERSION, time.time(), body)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.path, doc)
+            self._last = body
+            self.writes += 1
+            return True

@@ -7,6 +7,7 @@ With no transform configured the record is the line's bytes, unchanged.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from typing import Protocol
@@ -50,12 +51,21 @@ class LineProcessor:
     def __init__(self, transform: Transform | None, deadletter: DeadLetterStore) -> None:
         self.transform = transform
         self.deadletter = deadletter
-        self.counts: Counter[str] = Counter()  # read, blank, shipped, deadletter:<reason>, dropped
+        self._counts: Counter[str] = Counter()  # read, blank, dropped, deadletter:<kind>
+        self._lock = threading.Lock()
+
+    def count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] += n
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
 
     def process(self, fid: int, path: str, lines: Lines) -> Chunk:
         records: list[bytes] = []
         ends: list[int] = []
-        counts = self.counts
+        counts: Counter[str] = Counter()
         transform = self.transform
         dropped = 0
         for line, end in zip(lines.lines, lines.ends):
@@ -74,7 +84,7 @@ class LineProcessor:
                             raise MalformedEventError(f"invalid UTF-8 at byte {exc.start}") from None
                     out = transform.apply(line)
             except MalformedEventError as exc:
-                self._dead(path, end - len(line) - 1, len(line) + 1, exc.reason, line)
+                self._dead(path, end - len(line) - 1, len(line) + 1, exc.reason, line, counts)
                 continue
             if out is None:
                 dropped += 1
@@ -82,13 +92,15 @@ class LineProcessor:
             records.append(out)
             ends.append(end)
         for offset, length in lines.oversize:
-            self._dead(path, offset, length, f"line longer than max_line_bytes ({length - 1} bytes)", None, kind="oversize")
+            self._dead(path, offset, length, f"line longer than max_line_bytes ({length - 1} bytes)", None, counts, kind="oversize")
         counts["read"] += len(lines.lines) + len(lines.oversize)
         counts["dropped"] += dropped
+        with self._lock:
+            self._counts.update(counts)
         if records:
             ends[-1] = lines.end
         return Chunk(fid, lines.start, lines.end, records, ends, time.monotonic())
 
-    def _dead(self, path: str, offset: int, length: int, reason: str, line: bytes | None, kind: str = "malformed") -> None:
-        self.counts[f"deadletter:{kind}"] += 1
+    def _dead(self, path: str, offset: int, length: int, reason: str, line: bytes | None, counts: Counter[str], kind: str = "malformed") -> None:
+        counts[f"deadletter:{kind}"] += 1
         self.deadletter.add(reason=reason, sink=None, path=path, offset=offset, length=length, event=line)

@@ -37,16 +37,15 @@ class LineReader:
         self.gz = gz
         self.chunk_bytes = chunk_bytes
         self.max_line_bytes = max_line_bytes
-        self.consumed = 0
-        self.read_pos = 0  # content offset of the next byte to read
         self._pending = bytearray()
         self._skipping = False
         self._comp_pos = 0
         self._dec = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if gz else None
         self._src = b""  # compressed bytes not yet fed
         self.gz_done = False  # gzip: the last member's trailer was read and no data follows
-        if offset:
-            self._seek(offset)
+        # gzip cannot seek: it decompresses up to `offset` at the first read, in the reader's thread
+        self._seek_to = offset if gz else 0
+        self.consumed = self.read_pos = 0 if gz else offset  # read_pos: content offset of the next byte to read
 
     # -- raw content -----------------------------------------------------------------------------
     def _read_content(self, n: int) -> tuple[bytes, int, bool]:
@@ -95,6 +94,9 @@ class LineReader:
     # -- lines -----------------------------------------------------------------------------------
     def read(self) -> Lines:
         """Read one chunk and return the whole lines in it (possibly none)."""
+        if self._seek_to:
+            self._seek(self._seek_to)
+            self._seek_to = 0
         out = Lines(start=self.consumed, end=self.consumed)
         data, raw, incomplete = self._read_content(self.chunk_bytes)
         out.raw_bytes = raw

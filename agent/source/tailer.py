@@ -127,7 +127,7 @@ class Tailer:
         self.read_errors += 1
         log.error("cannot read file further; its remaining content is recorded as a dead letter", extra={"path": tf.entry.path, "offset": tf.entry.offset, "reason": reason})
         self.processor.deadletter.add(reason=f"unreadable input: {reason}", sink=None, path=tf.entry.path, offset=tf.entry.offset, length=None, event=None)
-        self.processor.counts["deadletter:unreadable"] += 1
+        self.processor.count("deadletter:unreadable")
         tf.close()
         tf.drained_at = tf.entry.offset
         tf.entry.complete = True
@@ -144,7 +144,9 @@ class Tailer:
         return 0, False
 
     def scan(self) -> None:
-        """Match what is on disk to tracked files and checkpoints. Blocking (stat, open, 1 KiB reads)."""
+        """Match what is on disk to tracked files and checkpoints. On the loop: it changes shared
+        state, and its I/O is small (stat, open, reads of 1 KiB); seeking to a checkpoint in a gzip
+        file, the one slow step, happens at the first read, in the reader's thread."""
         now = time.time()
         found = discover(self.cfg.paths, self.cfg.exclude)
         by_inode = {(f.stat.dev, f.stat.ino): f for f in found}
@@ -217,7 +219,7 @@ class Tailer:
 
     # -- polling ---------------------------------------------------------------------------------
     def poll(self) -> None:
-        """fstat every open file: growth, truncation, rewritten head. Blocking but cheap."""
+        """fstat every open file: growth, truncation, rewritten head. On the loop; cheap."""
         for tf in list(self.files.values()):
             if tf.fd is None or tf.reader is None:
                 continue
@@ -330,7 +332,7 @@ class Tailer:
         if tf.reader._pending or tf.reader._skipping:  # rotated file ending without a newline: ship nothing of it
             log.warning("rotated file ends with an incomplete line; it is dead-lettered", extra={"path": tf.entry.path, "offset": tf.reader.consumed})
             self.processor.deadletter.add(reason="incomplete last line of a rotated file", sink=None, path=tf.entry.path, offset=tf.reader.consumed, length=tf.reader.read_pos - tf.reader.consumed, event=None)
-            self.processor.counts["deadletter:incomplete"] += 1
+            self.processor.count("deadletter:incomplete")
             end = tf.reader.read_pos
             self.ledger.ack_all(tf.fid, tf.reader.consumed, end)
         else:
@@ -345,7 +347,7 @@ class Tailer:
 
     # -- main loop -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
-        await asyncio.to_thread(self.scan)
+        self.scan()
         self.hints = ChangeHints(asyncio.get_running_loop(), watch_dirs(self.cfg.paths))
         if not once:
             self.hints.start()
@@ -355,7 +357,7 @@ class Tailer:
                 if await self.read_round():
                     continue
                 if once and self.caught_up():
-                    await asyncio.to_thread(self.scan)  # a rotation during the run: read the new files too
+                    self.scan()  # a rotation during the run: read the new files too
                     if self.caught_up():
                         return
                     continue
@@ -377,7 +379,7 @@ class Tailer:
             return
         rescan = self.hints.rescan or time.monotonic() - self._last_rescan > self.cfg.rescan_interval_ms / 1000
         self.hints.rescan = False
-        await asyncio.to_thread(self._look, rescan)
+        self._look(rescan)
 
     def _look(self, rescan: bool) -> None:
         if rescan:
