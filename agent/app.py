@@ -76,6 +76,7 @@ class Agent:
         self.budget = ByteBudget(cfg.memory_limit_bytes)
         self._last_loop_tick = time.monotonic()
         self._snapshots = 0
+        self.server: ObsServer | None = None
 
     # -- wiring ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -190,15 +191,14 @@ class Agent:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-        server: ObsServer | None = None
         background: list[asyncio.Task[Any]] = []
         try:
             self._build()
             assert self.tailer is not None
             addr = self.cfg.metrics.address()
             if addr is not None:
-                server = ObsServer(addr[0], addr[1], metrics=self.metrics.render, healthy=self.healthy, ready=lambda: self.ready)
-                await server.start()
+                self.server = ObsServer(addr[0], addr[1], metrics=self.metrics.render, healthy=self.healthy, ready=lambda: self.ready)
+                await self.server.start()
             runner_tasks = [loop.create_task(r.run(), name=f"sink:{r.name}") for r in self.runners]
             background = [loop.create_task(self._checkpoint_loop(), name="checkpoints"), loop.create_task(self._file_sink_timer(), name="file-sink-timer")]
             tail_task = loop.create_task(self.tailer.run(self.stop_event, once=once), name="tailer")
@@ -230,8 +230,8 @@ class Agent:
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            if server is not None:
-                await server.aclose()
+            if self.server is not None:
+                await self.server.aclose()
             if self.tailer is not None:
                 self.tailer.close()
             if self.deadletter is not None:

@@ -103,6 +103,10 @@ class Running:
             self.task.result()
         return self
 
+    def agent_server_port(self) -> int:
+        assert self.agent.server is not None
+        return self.agent.server.port
+
     async def stop(self) -> int:
         assert self.task is not None
         self.agent.request_stop()

@@ -1,0 +1,110 @@
+"""The command line as a user runs it: exit codes, messages, status, metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.cli import main
+from tests.support.corpus import REPO, numbered_lines
+from tests.support.harness import Running, append, make_config, until
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_version_and_help() -> None:
+    r = _cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("kube-audit-shipper ")
+    r = _cli("--help")
+    assert r.returncode == 0 and "examples:" in r.stdout and "run --once" in r.stdout
+
+
+def test_validate_reports_every_error_and_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("input: {start_at: middle, bogus: 1}\nsinks:\n  - {name: a, type: file, path: /x, rotate_bytes: big}\n")
+    r = _cli("validate", "-c", str(cfg))
+    assert r.returncode == 2
+    assert "input.start_at: expected \"beginning\" or \"end\", got \"middle\"" in r.stderr
+    assert "input.bogus: unknown key" in r.stderr
+    assert 'sinks[0].rotate_bytes: expected int >= 1048576, got "big"' in r.stderr
+    assert "3 config error(s)" in r.stderr
+
+
+def test_validate_ok_for_shipped_configs(tmp_path: Path) -> None:
+    for f in sorted((REPO / "config").glob("*.yaml")):
+        assert main(["validate", "-c", str(f)]) == 0, f
+
+
+def test_run_once_then_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "log" / "audit.log"
+    append(log, numbered_lines(50))
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "input": {"paths": [str(log)]},
+                "sinks": [{"name": "a", "type": "file", "path": str(tmp_path / "out")}],
+                "metrics": {"listen": None},
+            }
+        )
+    )
+    assert _cli("run", "--once", "-c", str(cfg_file)).returncode == 0
+    append(log, numbered_lines(10, start=50))
+    r = _cli("status", "--json", "-c", str(cfg_file))
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)["files"]
+    size = log.stat().st_size
+    assert row["path"] == str(log) and row["size"] == size
+    assert row["bytes_behind"] == size - row["checkpoint"] > 0
+    r = _cli("status", "-c", str(cfg_file))
+    assert str(log) in r.stdout and "BEHIND" in r.stdout
+
+
+def test_state_dir_is_locked_against_a_second_agent(tmp_path: Path) -> None:
+    append(tmp_path / "log" / "audit.log", numbered_lines(5))
+    cfg = make_config(tmp_path)
+
+    async def scenario() -> None:
+        async with Running(cfg):
+            from agent.app import Agent
+            from agent.errors import StateError
+
+            with pytest.raises(StateError, match="in use by another"):
+                await Agent(cfg).run(install_signals=False)
+
+    asyncio.run(scenario())
+
+
+def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:
+    log = tmp_path / "log" / "audit.log"
+    append(log, numbered_lines(40) + [b"not json"])
+    cfg = make_config(tmp_path, metrics={"listen": "127.0.0.1:0"})
+
+    async def scenario() -> str:
+        async with Running(cfg) as run:
+            await until(lambda: run.agent.metrics_state()["shipped"]["archive"][0] == 40, what="shipping")
+            await run.agent.write_checkpoint()
+            port = run.agent_server_port()  # type: ignore[attr-defined]
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+            health = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status)
+            assert health == 200
+            return body
+
+    body = asyncio.run(scenario())
+    assert "kube_audit_shipper_events_read_total 41.0" in body
+    assert 'kube_audit_shipper_events_shipped_total{sink="archive"} 40.0' in body
+    assert 'kube_audit_shipper_events_deadlettered_total{reason="malformed"} 1.0' in body
+    assert f'kube_audit_shipper_file_bytes_behind{{path="{log}"}} 0.0' in body
+    assert "kube_audit_shipper_checkpoint_writes_total" in body
