@@ -137,6 +137,23 @@ def test_ack_durability_follows_flush(tmp_path: Path) -> None:
         assert [r.payload for r in sp.next_unacked(10)] == [b"r%d" % i for i in range(6)]
 
 
+def test_seqs_are_not_reused_after_everything_was_acked_and_reclaimed(tmp_path: Path) -> None:
+    """The cursor still lists acked seqs of reclaimed segments; a reused seq would make a new record 'acked'."""
+    d = tmp_path / "s"
+    with Spool(d, max_bytes=1 << 20) as sp:
+        for rid in [sp.append(b"old%d" % i) for i in range(3)]:
+            sp.ack(rid)
+        sp.flush_acks()  # cursor: seqs 0..2 acked; the active segment still holds them
+        img = crash_image(d, tmp_path / "crash1")
+    with Spool(img, max_bytes=1 << 20) as sp:
+        assert sp.next_unacked(10) == [] and segments(img) == []  # reclaimed on open, cursor not rewritten
+    with Spool(img, max_bytes=1 << 20) as sp:  # no segment left: only the cursor knows seqs 0..2 were used
+        sp.append(b"new")
+        img2 = crash_image(img, tmp_path / "crash2")
+    with Spool(img2, max_bytes=1 << 20) as sp:
+        assert [r.payload for r in sp.next_unacked(10)] == [b"new"]
+
+
 def test_second_opener_is_refused(tmp_path: Path) -> None:
     with Spool(tmp_path / "s", max_bytes=1 << 20):
         with pytest.raises(StateError, match="already open"):
@@ -172,7 +189,7 @@ def test_torn_tail_at_every_byte_of_last_record(tmp_path: Path) -> None:
         shutil.rmtree(d)
 
 
-def _three_record_segment(d: Path) -> tuple[Path, list[int]]:
+def _five_record_segment(d: Path) -> tuple[Path, list[int]]:
     """A segment with records m0..m4; returns it and the offset where each record starts."""
     starts = []
     with Spool(d, max_bytes=1 << 20) as sp:
@@ -187,7 +204,7 @@ def _three_record_segment(d: Path) -> tuple[Path, list[int]]:
 def test_corrupt_byte_in_the_middle_skips_only_that_record(
     tmp_path: Path, where: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seg, starts = _three_record_segment(tmp_path / "s")
+    seg, starts = _five_record_segment(tmp_path / "s")
     size = seg.stat().st_size
     data = bytearray(seg.read_bytes())
     data[starts[2] + where] ^= 0x5A
@@ -202,7 +219,7 @@ def test_corrupt_byte_in_the_middle_skips_only_that_record(
 
 
 def test_corrupt_last_record_is_cut_like_a_torn_tail(tmp_path: Path) -> None:
-    seg, starts = _three_record_segment(tmp_path / "s")
+    seg, starts = _five_record_segment(tmp_path / "s")
     data = bytearray(seg.read_bytes())
     data[starts[4] + 100] ^= 0xFF
     seg.write_bytes(bytes(data))
@@ -212,8 +229,18 @@ def test_corrupt_last_record_is_cut_like_a_torn_tail(tmp_path: Path) -> None:
     assert seg.stat().st_size == starts[4]
 
 
+def test_stale_copy_of_an_earlier_record_after_the_tail_is_not_replayed(tmp_path: Path) -> None:
+    seg, starts = _five_record_segment(tmp_path / "s")
+    data = seg.read_bytes()
+    seg.write_bytes(data + bytes(64) + data[starts[1] : starts[2]])  # e.g. old blocks after a torn write
+    with Spool(tmp_path / "s", max_bytes=1 << 20) as sp:
+        assert [r.meta for r in sp.next_unacked(10)] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+        assert sp.stats["torn_tails_cut"] == 1 and sp.stats["corrupt_records"] == 0
+    assert seg.read_bytes() == data
+
+
 def test_record_damaged_after_open_is_dropped_and_counted(tmp_path: Path) -> None:
-    seg, starts = _three_record_segment(tmp_path / "s")
+    seg, starts = _five_record_segment(tmp_path / "s")
     with Spool(tmp_path / "s", max_bytes=1 << 20) as sp:
         with open(seg, "r+b") as f:
             f.seek(starts[1] + 60)
@@ -257,9 +284,13 @@ def test_full_spool_raises_and_has_room_is_exact(tmp_path: Path) -> None:
         sp.ack(ids[3])  # frees nothing: its segment still holds ids[2]
         assert not sp.has_room(0)
         sp.ack(ids[2])  # segment 1 fully acked: reclaimable, before any flush
-        assert sp.has_room(2 + 10_000) and not sp.has_room(2 + 10_000 + rec)
+        # freed: one header + two records; needed: a new segment (the active is full) + the record
+        assert sp.has_room(2 + 10_000 + rec) and not sp.has_room(2 + 10_000 + rec + 1)
         sp.append(noise(7, 10_000), b"mm")
-        assert sum(p.stat().st_size for p in segments(d)) <= sp.max_bytes
+        assert ids[2].segment not in {int(p.stem) for p in segments(d)}  # reclaimed before writing
+        assert sp.has_room(2 + 10_000) and not sp.has_room(2 + 10_000 + 1)
+        sp.append(noise(8, 10_000), b"mm")
+        assert sp.bytes_used == sp.max_bytes == sum(p.stat().st_size for p in segments(d))
         assert not sp.has_room(0)
         with pytest.raises(RecordTooLargeError) as too_big:
             sp.append(noise(8, sp.max_bytes))
@@ -351,6 +382,35 @@ def test_concurrent_writer_and_reader(tmp_path: Path) -> None:
         assert errors == []
         assert seen == list(range(total))
     assert segments(d) == []
+
+
+@pytest.mark.parametrize("fail_at", ["write", "fsync"])
+def test_failed_append_is_cut_back_and_the_spool_stays_consistent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str
+) -> None:
+    d = tmp_path / "s"
+    with Spool(d, max_bytes=1 << 20) as sp:
+        sp.append(b"before", b"0")
+        (seg,) = segments(d)
+        size = seg.stat().st_size
+        name = "pwritev" if fail_at == "write" else "fsync"
+        real = getattr(os, name)
+
+        def fail_once(*args: object) -> object:
+            monkeypatch.setattr(spool_mod.os, name, real)
+            if fail_at == "write":
+                real(args[0], [b"partial garbage"], *args[2:])  # a short write, then the error
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(spool_mod.os, name, fail_once)
+        with pytest.raises(OSError):
+            sp.append_many([(b"lost-a", b"x"), (b"lost-b", b"x")])
+        assert seg.stat().st_size == size
+        sp.append(b"after", b"1")
+        assert [(r.meta, r.payload) for r in sp.next_unacked(10)] == [(b"0", b"before"), (b"1", b"after")]
+    with Spool(d, max_bytes=1 << 20) as sp:
+        assert [r.payload for r in sp.next_unacked(10)] == [b"before", b"after"]
+        assert sp.stats["corrupt_records"] == 0 and sp.stats["torn_tails_cut"] == 0
 
 
 def test_invalid_arguments(tmp_path: Path) -> None:
