@@ -45,6 +45,10 @@ class Entry(msgspec.Struct, kw_only=True):
         return Fingerprint(self.fp_len, self.fp)
 
 
+class _Version(msgspec.Struct):
+    version: int
+
+
 class _File(msgspec.Struct, kw_only=True):
     version: int
     written_at: float
@@ -92,14 +96,15 @@ class CheckpointStore:
         except OSError as exc:
             raise StateError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
         try:
+            version = msgspec.json.decode(raw, type=_Version).version
+            if version != VERSION:
+                raise StateError(f"{self.path}: checkpoint version {version} is not supported (this agent writes {VERSION})")
             doc = msgspec.json.decode(raw, type=_File)
         except msgspec.DecodeError as exc:
             raise StateError(
                 f"{self.path} is not a valid checkpoint file ({exc}); it is written atomically, so this is damage from "
                 "outside the agent: move it away to start over (start_at/backfill_rotated then apply as on a first start)"
             ) from exc
-        if doc.version != VERSION:
-            raise StateError(f"{self.path}: checkpoint version {doc.version} is not supported (this agent writes {VERSION})")
         return doc.files
 
     def save(self, entries: list[Entry], generation: int = 0) -> bool:

@@ -90,6 +90,10 @@ class SinkRunner:
                         break
                     nbytes += size
                     j += 1
+                if j == i:  # the next record does not fit: this batch is full
+                    await self._flush(batch)
+                    batch = None
+                    continue
                 batch.records.extend(records[i:j])
                 batch.nbytes = nbytes
                 start = chunk.start if i == 0 else ends[i - 1]

@@ -40,7 +40,8 @@ def backup_pattern(active_path: str) -> re.Pattern[str]:
 def split_backup(path: str) -> tuple[str, str] | None:
     """If `path` looks like a kube-apiserver backup, return (its active path, timestamp)."""
     d, base = os.path.split(path)
-    m = re.match(r"(?P<name>.+)-" + _TS + r"(?P<ext>\.[^.]*)?(?:\.gz)?\Z", base)
+    base = base.removesuffix(".gz")
+    m = re.match(r"(?P<name>.+)-" + _TS + r"(?P<ext>\.[^.]*)?\Z", base)
     if not m:
         return None
     return os.path.join(d, m.group("name") + (m.group("ext") or "")), m.group("ts")

@@ -72,9 +72,13 @@ def read_head(fd: int, gz: bool) -> bytes:
         pos += len(data)
         try:
             out += dec.decompress(data, FP_BYTES - len(out))
+            while dec.eof and dec.unused_data and len(out) < FP_BYTES:  # the next gzip member
+                rest = dec.unused_data
+                dec = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+                out += dec.decompress(rest, FP_BYTES - len(out))
         except zlib.error:
             break
-        if dec.eof:
+        if dec.eof and not dec.unused_data and len(out) >= FP_BYTES:
             break
     return out[:FP_BYTES]
 
