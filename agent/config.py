@@ -42,13 +42,6 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     ] = 64 << 20
     shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600, description="SIGTERM: time to finish in-flight batches before exit")] = 30.0
 
-    def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for i, sink in enumerate(self.sinks):
-            if sink.name in seen:
-                raise ValueError(f"sinks[{i}].name: duplicate sink name {sink.name!r}")
-            seen.add(sink.name)
-
     @property
     def node(self) -> str:
         return self.node_name or socket.gethostname()
@@ -57,10 +50,24 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
         return sink.batch or self.batch
 
 
+def _duplicate_sink_names(sinks: Any) -> list[str]:
+    """Checked on the raw data, so it is reported along with every other error."""
+    seen: set[str] = set()
+    errors = []
+    for i, sink in enumerate(sinks if isinstance(sinks, list) else []):
+        name = sink.get("name") if isinstance(sink, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                errors.append(f"sinks[{i}].name: duplicate sink name {name!r}")
+            seen.add(name)
+    return errors
+
+
 def parse(data: Any, *, env: dict[str, str] | None = None, source: str | None = None) -> Config:
     data, errors = substitute(data, env)
     config, conv_errors = convert_all(data, Config)
     errors += conv_errors
+    errors += _duplicate_sink_names(data.get("sinks") if isinstance(data, dict) else None)
     if errors:
         raise ConfigError(errors, source)
     return config

@@ -63,7 +63,7 @@ def describe(tp: Any) -> str:
         return "mapping"
     if origin in (list, tuple, set, frozenset):
         (item,) = typing.get_args(base)[:1] or (Any,)
-        return f"list of {describe(item)}"
+        return f"list of {describe(item)}" + "".join(f" with length >= {m.min_length}" for m in metas if m.min_length is not None)
     if origin is dict:
         return "mapping"
     name = getattr(base, "__name__", str(base))
@@ -80,6 +80,11 @@ def _leaf(data: Any, tp: Any, path: str, errors: list[str]) -> Any:
     try:
         return msgspec.convert(data, tp, strict=True)
     except msgspec.ValidationError:
+        if isinstance(data, str):  # "${ROTATE}" substituted to "104857600" for an int field
+            try:
+                return msgspec.convert(data, tp, strict=False)
+            except msgspec.ValidationError:
+                pass
         errors.append(f"{path or '<root>'}: expected {describe(tp)}, got {_got(data)}")
         return _MISSING
 

@@ -1,8 +1,9 @@
 """`${VAR}`, `${VAR:-default}` and `${file:/path}` substitution in config string values.
 
 Substitution runs on the parsed YAML (string scalars only, never keys), so a secret containing YAML
-syntax cannot change the document's structure. `$${` is a literal `${`. A value that consists of
-exactly one placeholder is re-read as a YAML scalar, so `rotate_bytes: ${ROTATE}` yields an int.
+syntax cannot change the document's structure. `$${` is a literal `${`. Substituted values stay
+strings; the typed conversion accepts a numeric or boolean string for an int, float or bool key, so
+`rotate_bytes: ${ROTATE}` works while `file_prefix: ${PREFIX}` with PREFIX=2026 stays the string "2026".
 `${file:...}` strips one trailing newline (secrets mounted from Kubernetes Secrets usually have none,
 files written by `echo` have one). Every unresolved placeholder is reported with its key path.
 """
@@ -14,7 +15,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
 
 _PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -64,13 +64,7 @@ def _string(text: str, env: Mapping[str, str], path: str, errors: list[str]) -> 
     whole = _PLACEHOLDER.fullmatch(text)
     if whole and whole.group(1) is not None:
         value = _resolve(whole.group(1), env, path, errors)
-        if value is None:
-            return text
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else value
-        except yaml.YAMLError:
-            return value
-        return parsed if isinstance(parsed, (int, float, bool)) and not isinstance(parsed, str) else value
+        return text if value is None else value
 
     def repl(m: re.Match[str]) -> str:
         if m.group(0) == "$${":
