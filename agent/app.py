@@ -199,6 +199,10 @@ class Agent:
             if addr is not None:
                 self.server = ObsServer(addr[0], addr[1], metrics=self.metrics.render, healthy=self.healthy, ready=lambda: self.ready)
                 await self.server.start()
+            # the first scan decides first-start offsets (start_at, backfill_rotated): make them durable
+            # before anything is read, so a crash now cannot make the next start a "first start" again
+            self.tailer.scan()
+            await self.write_checkpoint()
             runner_tasks = [loop.create_task(r.run(), name=f"sink:{r.name}") for r in self.runners]
             background = [loop.create_task(self._checkpoint_loop(), name="checkpoints"), loop.create_task(self._file_sink_timer(), name="file-sink-timer")]
             tail_task = loop.create_task(self.tailer.run(self.stop_event, once=once), name="tailer")

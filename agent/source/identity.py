@@ -83,6 +83,26 @@ def read_head(fd: int, gz: bool) -> bytes:
     return out[:FP_BYTES]
 
 
+def gzip_complete(fd: int) -> bool:
+    """True if the whole file is a finished gzip stream (not one still being written)."""
+    dec = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    pos = 0
+    while True:
+        data = os.pread(fd, 65536, pos)
+        if not data:
+            return dec.eof
+        pos += len(data)
+        try:
+            while data:
+                dec.decompress(data, 1 << 20)
+                data = dec.unconsumed_tail
+                if dec.eof and dec.unused_data:
+                    data = dec.unused_data
+                    dec = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        except zlib.error:
+            return False
+
+
 @dataclass(slots=True)
 class FileStat:
     """What discovery learned of one file on disk."""

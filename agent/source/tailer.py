@@ -25,7 +25,7 @@ from agent.model import Chunk
 from agent.process.decode import LineProcessor
 from agent.source.config import InputConfig
 from agent.source.discover import Found, discover, watch_dirs
-from agent.source.identity import FP_BYTES, Fingerprint, is_gzip_fd, match_checkpoint, read_head
+from agent.source.identity import FP_BYTES, Fingerprint, gzip_complete, is_gzip_fd, match_checkpoint, read_head
 from agent.source.reader import CorruptInputError, LineReader
 from agent.source.watch import ChangeHints
 
@@ -150,7 +150,8 @@ class Tailer:
         now = time.time()
         found = discover(self.cfg.paths, self.cfg.exclude)
         by_inode = {(f.stat.dev, f.stat.ino): f for f in found}
-        tracked = {(tf.entry.dev, tf.entry.ino): tf for tf in self.files.values()}
+        # only open files are matched by inode: a closed file's inode may already belong to a new file
+        tracked = {(tf.entry.dev, tf.entry.ino): tf for tf in self.files.values() if tf.fd is not None}
         for key, tf in tracked.items():
             f = by_inode.pop(key, None)
             if f is None:
@@ -164,11 +165,15 @@ class Tailer:
                 log.info("file renamed", extra={"from": tf.entry.path, "to": f.path})
                 tf.entry.path = f.path
                 self.state_changed.set()
+        for fid, tf in list(self.files.items()):
+            if tf.fd is None and tf.entry.complete:  # nothing left to read or acknowledge
+                del self.files[fid]
+                self.ledger.close(fid)
         claimed = {id(tf.entry) for tf in self.files.values()}
         for f in sorted(by_inode.values(), key=lambda f: (f.family, f.rank)):
             self._adopt(f, claimed)
         self.first_start = False
-        seen = {(tf.entry.dev, tf.entry.ino) for tf in self.files.values() if tf.on_disk}
+        seen = {(f.stat.dev, f.stat.ino) for f in found}
         for e in list(self.entries):
             if (e.dev, e.ino) in seen:
                 e.gone_since = None
@@ -177,10 +182,6 @@ class Tailer:
             elif now - e.gone_since > self.forget_after_s and id(e) not in {id(tf.entry) for tf in self.files.values() if not tf.done}:
                 self.entries.remove(e)
                 self.state_changed.set()
-        for fid, tf in list(self.files.items()):
-            if not tf.on_disk and tf.done and tf.fd is None:
-                del self.files[fid]
-                self.ledger.close(fid)
         self._last_rescan = time.monotonic()
 
     def _adopt(self, f: Found, claimed: set[int]) -> None:
@@ -194,14 +195,20 @@ class Tailer:
             os.close(fd)
             return
         gz = is_gzip_fd(fd)
+        if f.path.endswith(".gz") and not gz:
+            os.close(fd)  # being created: not even the gzip magic is there yet
+            return
         head = read_head(fd, gz)
+        if gz and len(head) < FP_BYTES and not gzip_complete(fd):
+            os.close(fd)  # kube-apiserver is still compressing it: identify it once its head is there
+            return
         entry, stale = match_checkpoint(f.stat, head, self.entries, claimed)
         if stale:
             for e in [e for e in self.entries if (e.dev, e.ino) == (f.stat.dev, f.stat.ino) and e is not entry and id(e) not in claimed]:
                 self.entries.remove(e)
         if entry is None:
-            for tf in self.files.values():  # same content as a file still being read (a .gz being written)?
-                if tf.fd is not None and tf.entry.fingerprint.distinctive(head) and tf.entry.fingerprint.matches(head):
+            for tf in self.files.values():  # same content as a tracked file (the .gz of a backup being drained)?
+                if tf.entry.fingerprint.distinctive(head) and tf.entry.fingerprint.matches(head):
                     os.close(fd)
                     return
             offset, complete = self._start_offset(f, fd, gz)
@@ -243,6 +250,16 @@ class Tailer:
                     tf.entry.fp_len, tf.entry.fp = new.length, new.digest
             if st.st_size > tf.reader.read_pos:
                 tf.waiting = False
+
+    def _grow_fingerprint(self, tf: TrackedFile) -> None:
+        """While a file is shorter than 1 KiB its fingerprint grows with every read (plain files)."""
+        if tf.entry.gzip or tf.fd is None:
+            return
+        head = os.pread(tf.fd, FP_BYTES, 0)
+        fp = tf.entry.fingerprint
+        if len(head) > fp.length and fp.matches(head):
+            new = Fingerprint.of(head)
+            tf.entry.fp_len, tf.entry.fp = new.length, new.digest
 
     def _truncated(self, tf: TrackedFile, why: str) -> None:
         self.truncations += 1
@@ -303,6 +320,8 @@ class Tailer:
                 log.error("read error; will retry", extra={"path": tf.entry.path, "error": str(exc)})
                 tf.waiting = True
                 continue
+            if not tf.entry.fingerprint.full and tf.fd is not None:
+                self._grow_fingerprint(tf)
             if chunk is not None:
                 progressed = True
                 await self._dispatch(tf, chunk)
