@@ -108,3 +108,40 @@ def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:
     assert 'kube_audit_shipper_events_deadlettered_total{reason="malformed"} 1.0' in body
     assert f'kube_audit_shipper_file_bytes_behind{{path="{log}"}} 0.0' in body
     assert "kube_audit_shipper_checkpoint_writes_total" in body
+
+
+def test_demo_command_ships_every_event(tmp_path: Path) -> None:
+    r = _cli("--log-level", "warning", "demo", "--events", "3000", "--dir", str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "events shipped      3000" in r.stdout and "dead-lettered       0" in r.stdout
+    assert list((tmp_path / "out").glob("*.ndjson.zst"))
+
+
+def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    log = tmp_path / "log" / "audit.log"
+    append(log, numbered_lines(200))
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {
+                "state_dir": str(tmp_path / "state"),
+                "input": {"paths": [str(log)]},
+                "sinks": [{"name": "a", "type": "file", "path": str(tmp_path / "out")}],
+                "checkpoint": {"flush_interval_ms": 60000},  # only the final write at stop can save it
+                "metrics": {"listen": None},
+            }
+        )
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg_file)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not list((tmp_path / "out").glob(".*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    checkpoint = json.loads((tmp_path / "state" / "checkpoints.json").read_text())
+    assert checkpoint["files"][0]["offset"] == log.stat().st_size
+    assert list((tmp_path / "out").glob("*.ndjson.zst")) and not list((tmp_path / "out").glob(".*"))
