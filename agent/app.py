@@ -56,8 +56,20 @@ def lock_state_dir(state_dir: Path) -> int:
 
 
 def build_transform(cfg: Config) -> Transform | None:
-    """Policy trimming and enrichment; None when neither is configured (lines ship unchanged)."""
-    return None
+    """Policy trimming, redaction and enrichment; None when none is configured (lines ship unchanged).
+
+    Raises PolicyError listing every problem of an invalid policy file; its warnings are logged.
+    """
+    from agent.policy.load import load_policy
+    from agent.process.transform import build_transform as _build
+
+    policy = None
+    if cfg.policy.file:
+        policy, warnings = load_policy(cfg.policy.file)
+        for w in warnings:
+            log.warning("audit policy: %s", w, extra={"policy": cfg.policy.file})
+        log.info("audit policy loaded", extra={"policy": cfg.policy.file, "rules": len(policy.policy.rules)})
+    return _build(policy, cfg.enrich, node_name=cfg.node, decision_cache_size=cfg.policy.decision_cache_size)
 
 
 class Agent:
@@ -123,7 +135,11 @@ class Agent:
     def metrics_state(self) -> dict[str, Any]:
         assert self.processor is not None and self.tailer is not None and self.deadletter is not None
         counts = self.processor.counts()
-        dropped = {k: v for k, v in getattr(self.processor.transform, "drops", {}).items()}
+        transform = self.processor.transform
+        drops = dict(getattr(transform, "drops", {}))
+        stage = dict(getattr(transform, "stage_drops", {}))
+        dropped = {("policy_level_none", rule): n - stage.get(rule, 0) for rule, n in drops.items()}
+        dropped.update({("policy_omitted_stage", rule): n for rule, n in stage.items()})
         dead = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("deadletter:")}
         return {
             "events_read": counts.get("read", 0),

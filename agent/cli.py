@@ -23,6 +23,7 @@ examples:
   kube-audit-shipper run -c /etc/kube-audit-shipper/config.yaml
   kube-audit-shipper run --once -c backfill.yaml        # ship what the files hold now, then exit
   kube-audit-shipper status -c /etc/kube-audit-shipper/config.yaml
+  kube-audit-shipper policy check --policy /etc/kubernetes/audit-policy.yaml /var/log/kubernetes/audit/audit*.log*
 """
 
 
@@ -48,6 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show per-file progress", description="Per file: path, identity, checkpoint offset, size, bytes behind.")
     st.add_argument("-c", "--config", required=True)
     st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    pol = sub.add_parser("policy", help="audit Policy tools", description="Audit Policy tools.")
+    pol_sub = pol.add_subparsers(dest="policy_command", metavar="SUBCOMMAND", required=True)
+    check = pol_sub.add_parser(
+        "check",
+        help="what a Policy would keep of recorded audit logs",
+        description="Apply an audit Policy to recorded audit logs (plain or .gz) and print, per rule, events matched, "
+        "events and bytes before and after trimming, and the saving; flags rules that never matched or cannot be reached.",
+    )
+    check.add_argument("--policy", required=True, help="audit.k8s.io Policy YAML")
+    check.add_argument("logs", nargs="*", metavar="LOG", help="audit log files (default: none, only validates the policy)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
 
     demo = sub.add_parser("demo", help="run the built-in demo", description="Write realistic audit events to a temporary audit.log, rotate it as kube-apiserver does, and ship it with the real pipeline to a zstd file sink.")
     demo.add_argument("--events", type=int, default=50_000, help="events to write (default: 50000)")
@@ -96,6 +109,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from agent.commands.status import print_status
 
         return print_status(config_mod.load(args.config), as_json=args.json, out=sys.stdout)
+    if args.command == "policy":
+        from agent.commands.policy_check import run_policy_check
+
+        return run_policy_check(args.policy, args.logs, as_json=args.json, out=sys.stdout)
     if args.command == "demo":
         from agent.commands.demo import run_demo
 

@@ -51,9 +51,9 @@ class _StateCollector(Collector):
         s = self._state()
         yield _counter("events_read", "Lines read from audit logs", s["events_read"])
         yield _counter("input_bytes_read", "Bytes read from audit logs (compressed bytes for .gz files)", s["bytes_read"])
-        c = CounterMetricFamily(P + "events_dropped", "Events not shipped on purpose (policy level None or omitted stage)", labels=["reason"])
-        for reason, n in sorted(s["dropped"].items()):
-            c.add_metric([reason], n)
+        c = CounterMetricFamily(P + "events_dropped", "Events not shipped on purpose, by reason and the policy rule that decided", labels=["reason", "rule"])
+        for (reason, rule), n in sorted(s["dropped"].items()):
+            c.add_metric([reason, rule], n)
         yield c
         c = CounterMetricFamily(P + "events_deadlettered", "Input lines stored as dead letters instead of shipped", labels=["reason"])
         for reason, n in sorted(s["deadlettered"].items()):

@@ -41,7 +41,8 @@ def test_validate_reports_every_error_and_exits_2(tmp_path: Path) -> None:
     assert "3 config error(s)" in r.stderr
 
 
-def test_validate_ok_for_shipped_configs(tmp_path: Path) -> None:
+def test_validate_ok_for_shipped_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUDIT_POLICY_FILE", str(REPO / "config" / "policy" / "audit-policy.yaml"))
     for f in sorted((REPO / "config").glob("*.yaml")):
         assert main(["validate", "-c", str(f)]) == 0, f
 
@@ -145,3 +146,27 @@ def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path: Path) -> None:
     checkpoint = json.loads((tmp_path / "state" / "checkpoints.json").read_text())
     assert checkpoint["files"][0]["offset"] == log.stat().st_size
     assert list((tmp_path / "out").glob("*.ndjson.zst")) and not list((tmp_path / "out").glob(".*"))
+
+
+def test_validate_lists_every_policy_error(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Loud\n  - level: None\n    omitStages: [Sometime]\n")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"policy: {{file: {policy}}}\nsinks: [{{name: a, type: file, path: {tmp_path / 'out'}}}]\n")
+    r = _cli("validate", "-c", str(cfg))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Loud" in r.stderr and "Sometime" in r.stderr
+
+
+def test_policy_check_reports_savings_on_the_real_corpus() -> None:
+    from tests.support.corpus import REAL_AUDIT
+
+    logs = sorted(str(p) for p in REAL_AUDIT.glob("*.jsonl"))
+    r = _cli("policy", "check", "--json", "--policy", str(REPO / "config" / "policy" / "audit-policy.yaml"), *logs)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    total = report["total"]
+    assert report["valid"] and total["matched"] == 330  # every corpus event went through
+    assert total["events_after"] + total["dropped_level_none"] + total["dropped_omitted_stage"] == 330
+    assert 0 < total["bytes_after"] < total["bytes_before"]
+    assert sum(rule["matched"] for rule in report["rules"]) + report["no_match"]["matched"] == 330
