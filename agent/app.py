@@ -32,6 +32,7 @@ from agent.deadletter.store import DeadLetterStore
 from agent.delivery.budget import ByteBudget
 from agent.delivery.config import RetryConfig
 from agent.delivery.engine import SinkRunner
+from agent.delivery.spool import Spool
 from agent.errors import StateError
 from agent.model import Chunk
 from agent.obs.metrics import Metrics
@@ -41,6 +42,10 @@ from agent.sinks.registry import build_sink
 from agent.source.tailer import Tailer
 
 log = logging.getLogger(__name__)
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def lock_state_dir(state_dir: Path) -> int:
@@ -96,11 +101,16 @@ class Agent:
         entries = self.store.load()
         self.deadletter = DeadLetterStore(cfg.state_dir, max_bytes=cfg.deadletter.max_bytes, max_event_bytes=cfg.deadletter.max_event_bytes)
         self.processor = LineProcessor(build_transform(cfg), self.deadletter)
-        sinks = self._sinks_override if self._sinks_override is not None else [build_sink(s, node=cfg.node) for s in cfg.sinks]
+        sinks = self._sinks_override if self._sinks_override is not None else [build_sink(s, node=cfg.node, state_dir=cfg.state_dir) for s in cfg.sinks]
         by_name = {s.name: s for s in cfg.sinks}
         ledger = Ledger([s.name for s in sinks], on_advance=self._on_advance)
         for sink in sinks:
             scfg = by_name.get(sink.name)
+            spool = None
+            if scfg is not None and scfg.spool is not None:
+                spool = Spool(Path(cfg.state_dir) / "spool" / sink.name, max_bytes=scfg.spool.max_bytes, segment_bytes=scfg.spool.segment_bytes)
+                if spool.unacked_count:
+                    log.info("spool holds batches from a previous run; sending them first", extra={"sink": sink.name, "batches": spool.unacked_count})
             self.runners.append(
                 SinkRunner(
                     sink,
@@ -110,6 +120,7 @@ class Agent:
                     ledger=ledger,
                     deadletter=self.deadletter,
                     metrics=self.metrics,
+                    spool=spool,
                 )
             )
         self.tailer = Tailer(
@@ -156,6 +167,14 @@ class Agent:
             "inflight_bytes": self.budget.in_use,
             "memory_limit": self.budget.limit,
             "files_tracked": len(self.tailer.files),
+            "files_at_risk": len(self.tailer.at_risk()),
+            "sink_state": {r.name: r.state for r in self.runners},
+            "sink_blocked_s": {r.name: (time.monotonic() - r.blocked_since) if r.blocked_since is not None else 0.0 for r in self.runners},
+            "sink_rejected": {r.name: r.rejected_events for r in self.runners},
+            "spool_bytes": {r.name: r.spool.bytes_used for r in self.runners if r.spool is not None},
+            "spooled_batches": {r.name: r.spooled_batches for r in self.runners if r.spool is not None},
+            "spool_full_waits": {r.name: r.spool_full_waits for r in self.runners if r.spool is not None},
+            "checkpoint_age_s": time.time() - self.store.last_write if self.store.last_write else 0.0,
         }
 
     def healthy(self) -> bool:
@@ -235,13 +254,20 @@ class Agent:
             await self.write_checkpoint()  # the first-start offsets and whatever is acknowledged so far
             for r in self.runners:
                 await r.stop()
-            timeout = None if once and not self.stop_event.is_set() else self.cfg.shutdown_timeout_s
-            _, pending = await asyncio.wait(runner_tasks, timeout=timeout)
-            if pending:
-                log.warning("shutdown timeout: batches still in flight are abandoned; they are read again at the next start", extra={"sinks": [t.get_name() for t in pending]})
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+            drain = once and not self.stop_event.is_set()  # --once: wait for every sink, spools included
+            deadline = None if drain else time.monotonic() + self.cfg.shutdown_timeout_s
+            _, pending = await asyncio.wait(runner_tasks, timeout=_left(deadline))
+            for t in pending:  # a batcher stuck handing off (spool full, no free slot)
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            abandoned = 0
+            for r in self.runners:
+                abandoned += await r.finish(_left(deadline), drain_spool=drain)
+            if abandoned or pending:
+                log.warning(
+                    "shutdown timeout: batches not delivered are left unacknowledged; they are read again at the next start",
+                    extra={"batches": abandoned, "sinks": [t.get_name() for t in pending]},
+                )
             for r in self.runners:
                 await r.sink.aclose()
             await self.write_checkpoint()

@@ -62,6 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("logs", nargs="*", metavar="LOG", help="audit log files (default: none, only validates the policy)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
 
+    dl = sub.add_parser("deadletter", help="inspect and replay dead letters", description="Inspect the dead-letter store under state_dir and send its events again after a fix.")
+    dl_sub = dl.add_subparsers(dest="deadletter_command", metavar="SUBCOMMAND", required=True)
+    dl_list = dl_sub.add_parser("list", help="list dead letters not yet replayed")
+    dl_list.add_argument("-c", "--config", required=True)
+    dl_list.add_argument("--sink", help="only records of this sink")
+    dl_list.add_argument("--all", action="store_true", help="include records already replayed")
+    dl_list.add_argument("--json", action="store_true", help="one JSON record per line")
+    dl_replay = dl_sub.add_parser("replay", help="send dead letters again (stop the agent first)")
+    dl_replay.add_argument("-c", "--config", required=True)
+    dl_replay.add_argument("--sink", help="only records of this sink")
+    dl_replay.add_argument("--id", dest="ids", action="append", help="only this record id (repeatable)")
+
     demo = sub.add_parser("demo", help="run the built-in demo", description="Write realistic audit events to a temporary audit.log, rotate it as kube-apiserver does, and ship it with the real pipeline to a zstd file sink.")
     demo.add_argument("--events", type=int, default=50_000, help="events to write (default: 50000)")
     demo.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
@@ -113,6 +125,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from agent.commands.policy_check import run_policy_check
 
         return run_policy_check(args.policy, args.logs, as_json=args.json, out=sys.stdout)
+    if args.command == "deadletter":
+        from agent.commands import deadletter
+
+        cfg = config_mod.load(args.config)
+        if args.deadletter_command == "list":
+            return deadletter.list_deadletters(cfg, sink=args.sink, include_replayed=args.all, as_json=args.json, out=sys.stdout)
+        return deadletter.replay_deadletters(cfg, sink=args.sink, ids=args.ids, out=sys.stdout)
     if args.command == "demo":
         from agent.commands.demo import run_demo
 

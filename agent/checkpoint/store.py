@@ -86,6 +86,7 @@ class CheckpointStore:
         self._lock = threading.Lock()  # a periodic write may still run in its thread when the final one starts
         self._generation = 0  # of the newest snapshot written: an older snapshot never overwrites it
         self.writes = 0
+        self.last_write = 0.0  # unix time of the last write (0: none by this process)
 
     def load(self) -> list[Entry] | None:
         """The saved entries, or None when there is no state yet (first start)."""
@@ -120,4 +121,5 @@ class CheckpointStore:
             write_atomic(self.path, doc)
             self._last = body
             self.writes += 1
+            self.last_write = time.time()
             return True

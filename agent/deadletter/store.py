@@ -11,7 +11,8 @@
 Oversize lines and anything over `max_event_bytes` keep only their location. Bounded: when the store
 passes `max_bytes`, whole segments are removed oldest first and counted in `evicted`. `sync()` makes
 every record written so far durable; the checkpoint writer calls it before moving a checkpoint past
-the lines those records stand for.
+the lines those records stand for. `kube-audit-shipper deadletter list|replay` reads the store; a
+replayed record's id ("<segment>:<line>") is appended to `replayed.txt` and no longer listed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import msgspec
 from agent.checkpoint.store import fsync_dir
 
 VERSION = 1
+REPLAYED = "replayed.txt"  # ids of records sent again by `deadletter replay`, one per line
 
 
 class DeadLetterStore:
@@ -105,12 +107,35 @@ class DeadLetterStore:
                 os.close(self._fd)
                 self._fd = None
 
-    def iter_records(self) -> Iterator[dict[str, Any]]:
-        """Every stored record, oldest first (a torn last line after a crash is skipped)."""
+    def iter_records(self, *, include_replayed: bool = True) -> Iterator[dict[str, Any]]:
+        """Every stored record, oldest first, with its `id` ("<segment>:<line>"); a torn last line
+        after a crash is skipped. `include_replayed=False` leaves out records marked replayed."""
+        replayed = set() if include_replayed else self.replayed_ids()
         for seg in self._segments():
             with seg.open("rb") as fh:
-                for line in fh:
+                for n, line in enumerate(fh, 1):
+                    rid = f"{seg.stem}:{n}"
+                    if rid in replayed:
+                        continue
                     try:
-                        yield msgspec.json.decode(line)
+                        record = msgspec.json.decode(line)
                     except msgspec.DecodeError:
                         continue
+                    record["id"] = rid
+                    yield record
+
+    def replayed_ids(self) -> set[str]:
+        try:
+            return set((self.dir / REPLAYED).read_text(encoding="utf-8").split())
+        except FileNotFoundError:
+            return set()
+
+    def mark_replayed(self, ids: list[str]) -> None:
+        """Record (durably) that these records were sent again."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.dir / REPLAYED, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, "".join(i + "\n" for i in ids).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)

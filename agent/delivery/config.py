@@ -24,7 +24,14 @@ class RetryConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
     def __post_init__(self) -> None:
         if self.max_ms < self.initial_ms:
-            raise ValueError(f"retry.max_ms ({self.max_ms}) must be >= retry.initial_ms ({self.initial_ms})")
+            raise ValueError(f"max_ms ({self.max_ms}) must be >= initial_ms ({self.initial_ms})")
+
+
+class SpoolConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    max_bytes: Annotated[
+        int, msgspec.Meta(ge=1 << 20, description="disk bytes for batches the sink could not take yet (under state_dir/spool/<sink>); full: the reader waits")
+    ]
+    segment_bytes: Annotated[int, msgspec.Meta(ge=1 << 20, description="size of one spool segment file")] = 64 << 20
 
 
 class SinkConfigBase(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, tag_field="type"):
@@ -33,4 +40,5 @@ class SinkConfigBase(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="unique sink name (metrics label, state directory name)")]
     batch: Annotated[BatchConfig | None, msgspec.Meta(description="overrides the top-level batch block for this sink")] = None
     retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64, description="requests in flight at once")] = 4
+    spool: Annotated[SpoolConfig | None, msgspec.Meta(description="absent: no spool (a failing sink holds the reader back at memory_limit_bytes)")] = None
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64, description="batches in flight at once")] = 4

@@ -1,11 +1,20 @@
-"""Per sink: batch records, encode, send with retries, acknowledge ranges in the ledger.
+"""Per sink: batch records, encode, send, classify, back off, spool, dead-letter, acknowledge.
 
 Every sink has its own queue of chunks (the same Chunk objects for all sinks: records are shared, not
-copied), its own batcher and up to `concurrency` batches in flight. A batch's ranges are acknowledged
-only after `send` returned, and acknowledgements may come out of order (the ledger keeps the
-checkpoint behind any gap). A failed send is retried with exponential backoff and full jitter, for
-ever unless `retry.max_retry_age_s` is set; then the batch's events go to the dead-letter store with
-the last error, are counted, and acknowledged (that is the drop the operator asked for).
+copied), its own batcher and up to `concurrency` batches in flight. A batch's input ranges are
+acknowledged to the ledger once every record in it is either stored by the sink, written to the
+dead-letter store (rejected for good, or given up on through `retry.max_retry_age_s`), or fsynced into
+the sink's spool. Acknowledgements may come out of order; the ledger keeps the checkpoint behind gaps.
+
+Outcomes (delivery/contract.py): Retry waits with exponential backoff and full jitter (tenacity's
+wait_random_exponential; at least the backend's Retry-After); Blocked waits `retry.max_ms` between
+attempts and logs one error per minute; Split re-encodes the request in parts; Rejected dead-letters
+the named records. Nothing is dropped unless `max_retry_age_s` asks for it, and then it is dead-lettered
+and counted.
+
+Spool (optional, per sink): while the spool holds anything, or the sink is failing, or every slot is
+busy, new batches go to the spool (fsynced, then acknowledged) so the reader goes on; one drainer sends
+spooled batches in order. A full spool holds the batch in memory until there is room (backpressure).
 """
 
 from __future__ import annotations
@@ -13,17 +22,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_delay, stop_never, wait_random_exponential
+from tenacity import RetryCallState, wait_random_exponential
 
 from agent.checkpoint.ledger import Ledger
 from agent.deadletter.store import DeadLetterStore
 from agent.delivery.config import BatchConfig, RetryConfig
-from agent.delivery.contract import Batch, Sink
+from agent.delivery.contract import Batch, Blocked, Delivered, Rejected, Request, Retry, Sink, Split
+from agent.delivery.spool import RecordTooLargeError, Spool, SpoolFullError
 from agent.model import Chunk
 
 log = logging.getLogger(__name__)
+
+BLOCKED_LOG_INTERVAL_S = 60.0
+
+
+class _GaveUp(Exception):
+    pass
 
 
 class SinkRunner:
@@ -37,6 +54,7 @@ class SinkRunner:
         ledger: Ledger,
         deadletter: DeadLetterStore,
         metrics: Any = None,
+        spool: Spool | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -46,18 +64,33 @@ class SinkRunner:
         self.ledger = ledger
         self.deadletter = deadletter
         self.metrics = metrics
+        self.spool = spool
         self.queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._inflight: dict[asyncio.Task[None], Batch] = {}
+        self._wait = wait_random_exponential(multiplier=retry.initial_ms / 1000, max=retry.max_ms / 1000, exp_base=retry.multiplier)
+        self._spool_wakeup = asyncio.Event()
+        self._drainer: asyncio.Task[None] | None = None
+        # state and counters, read by metrics
+        self.state = "ok"  # ok | retrying | blocked
+        self.blocked_since: float | None = None
+        self._blocked_logged = 0.0
         self.shipped_events = 0
         self.shipped_bytes = 0
         self.retries = 0
+        self.rejected_events = 0
         self.gave_up_events = 0
+        self.spooled_batches = 0
+        self.spool_full_waits = 0
         self.last_error: str | None = None
 
     # -- batching --------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Consume chunks until the None sentinel, then flush and wait for every batch in flight."""
+        """Consume chunks until the None sentinel, flushing batches; returns once the last one is handed off."""
+        if self.spool is not None and self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain_spool(), name=f"spool:{self.name}")
+            if self.spool.unacked_count:
+                self._spool_wakeup.set()
         cfg = self.batch_cfg
         max_wait = cfg.max_wait_ms / 1000
         batch: Batch | None = None
@@ -108,63 +141,208 @@ class SinkRunner:
                     batch = None
         if batch is not None:
             await self._flush(batch)
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks))
 
     async def _flush(self, batch: Batch) -> None:
+        if self.spool is not None and (self.spool.unacked_count or self.state != "ok" or self._slots.locked()):
+            await self._to_spool(batch)
+            return
         await self._slots.acquire()
         task = asyncio.get_running_loop().create_task(self._deliver(batch), name=f"deliver:{self.name}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._inflight[task] = batch
+        task.add_done_callback(lambda t: self._inflight.pop(t, None))
 
-    # -- delivery --------------------------------------------------------------------------------
-    def _before_sleep(self, state: RetryCallState) -> None:
-        self.retries += 1
-        exc = state.outcome.exception() if state.outcome else None
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.metrics is not None:
-            self.metrics.sink_retries.labels(self.name).inc()
-            self.metrics.errors.labels(f"sink:{type(exc).__name__}").inc()
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("sink send failed; retrying", extra={"sink": self.name, "attempt": state.attempt_number, "retry_in_s": round(wait, 3), "error": self.last_error})
+    def _ack(self, batch: Batch) -> None:
+        for fid, (start, end) in batch.ranges.items():
+            self.ledger.ack(self.name, fid, start, end)
 
     async def _deliver(self, batch: Batch) -> None:
         try:
             started = time.monotonic()
-            payload = await asyncio.to_thread(self.sink.encode, batch.records)
-            r = self.retry_cfg
-            retrying = AsyncRetrying(
-                wait=wait_random_exponential(multiplier=r.initial_ms / 1000, max=r.max_ms / 1000, exp_base=r.multiplier),
-                stop=stop_after_delay(r.max_retry_age_s) if r.max_retry_age_s else stop_never,
-                retry=retry_if_exception_type(Exception),
-                before_sleep=self._before_sleep,
-                reraise=True,
-            )
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        await self.sink.send(payload)
-            except Exception as exc:  # retries exhausted: only reachable with max_retry_age_s set
-                self._give_up(batch, exc)
-            else:
-                self.shipped_events += len(batch.records)
-                self.shipped_bytes += batch.nbytes
-                if self.metrics is not None:
-                    self.metrics.shipped(self.name, len(batch.records), batch.nbytes, time.monotonic() - started, time.monotonic() - batch.oldest_read)
-            for fid, (start, end) in batch.ranges.items():
-                self.ledger.ack(self.name, fid, start, end)
+            await self._deliver_records(batch.records)
+            if self.metrics is not None:
+                self.metrics.shipped(self.name, len(batch.records), batch.nbytes, time.monotonic() - started, time.monotonic() - batch.oldest_read)
+            self._ack(batch)
         finally:
             self._slots.release()
 
-    def _give_up(self, batch: Batch, exc: BaseException) -> None:
-        reason = f"sink {self.name}: gave up after retry.max_retry_age_s={self.retry_cfg.max_retry_age_s}: {type(exc).__name__}: {exc}"
-        log.error("giving up on a batch; its events go to the dead-letter store", extra={"sink": self.name, "events": len(batch.records), "error": str(exc)})
-        for record in batch.records:
-            self.deadletter.add(reason=reason, sink=self.name, path=None, offset=None, length=None, event=record)
-        self.deadletter.sync()
-        self.gave_up_events += len(batch.records)
-        if self.metrics is not None:
-            self.metrics.deadlettered.labels("retry_exhausted").inc(len(batch.records))
+    # -- one batch of records, through every outcome ---------------------------------------------
+    async def deliver(self, records: list[bytes]) -> None:
+        """Deliver records outside the pipeline (dead-letter replay): same outcomes, no acknowledgements."""
+        await self._deliver_records(records)
 
+    async def _deliver_records(self, records: list[bytes]) -> None:
+        requests = await asyncio.to_thread(self.sink.encode, records)
+        for request in requests:
+            await self._until_done(request, records, time.monotonic())
+
+    async def _until_done(self, request: Request, records: list[bytes], first_try: float) -> None:
+        attempt = 0
+        while True:
+            try:
+                result: Any = await self.sink.send(request)
+            except Exception as exc:  # transport errors: the sink's classify decides what they mean
+                result = exc
+            outcome = self.sink.classify(request, result)
+            if isinstance(outcome, Delivered):
+                self._delivered(request, records)
+                return
+            if isinstance(outcome, Rejected):
+                self._set_state("ok", None)
+                self._dead(records, outcome.indices, outcome.reason, outcome.reasons, kind="rejected")
+                rejected = set(outcome.indices)
+                rest = [i for i in request.indices if i not in rejected]
+                if outcome.retry_rest and rest:
+                    for sub in await asyncio.to_thread(self._encode_subset, records, rest):
+                        await self._until_done(sub, records, first_try)
+                elif rest:
+                    self._delivered(request, records, only=rest)
+                return
+            if isinstance(outcome, Split):
+                parts = await asyncio.to_thread(self.sink.split, request, records)
+                if not parts:  # a single record the backend will never take
+                    self._dead(records, request.indices, f"too large for the backend: {outcome.reason}", None, kind="too_large")
+                    return
+                for part in parts:
+                    await self._until_done(part, records, first_try)
+                return
+            attempt += 1
+            self.retries += 1
+            self.last_error = outcome.reason
+            if self.metrics is not None:
+                self.metrics.sink_retries.labels(self.name).inc()
+            age = time.monotonic() - first_try
+            max_age = self.retry_cfg.max_retry_age_s
+            if max_age and age >= max_age:
+                self._dead(records, request.indices, f"gave up after retry.max_retry_age_s={max_age}: {outcome.reason}", None, kind="retry_exhausted")
+                self.gave_up_events += len(request.indices)
+                return
+            if isinstance(outcome, Blocked):
+                self._set_state("blocked", outcome.reason)
+                delay = self.retry_cfg.max_ms / 1000
+            else:
+                self._set_state("retrying", outcome.reason)
+                state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+                state.attempt_number = attempt
+                delay = max(self._wait(state), outcome.after_s or 0.0)
+                log.warning("sink send failed; retrying", extra={"sink": self.name, "attempt": attempt, "retry_in_s": round(delay, 3), "reason": outcome.reason})
+            if max_age:
+                delay = min(delay, max(0.0, max_age - age))
+            await asyncio.sleep(delay)
+
+    def _encode_subset(self, records: list[bytes], indices: Sequence[int]) -> list[Request]:
+        """Encode some records of a batch again, keeping their positions in the batch."""
+        subset = [records[i] for i in indices]
+        out = []
+        for req in self.sink.encode(subset):
+            req.indices = [indices[k] for k in req.indices]
+            out.append(req)
+        return out
+
+    def _delivered(self, request: Request, records: list[bytes], only: Sequence[int] | None = None) -> None:
+        idx = request.indices if only is None else only
+        self._set_state("ok", None)
+        self.shipped_events += len(idx)
+        self.shipped_bytes += sum(len(records[i]) + 1 for i in idx)
+
+    def _dead(self, records: list[bytes], indices: Sequence[int], reason: str, reasons: Any, *, kind: str) -> None:
+        for i in indices:
+            why = reasons.get(i, reason) if reasons else reason
+            self.deadletter.add(reason=f"sink {self.name}: {why}", sink=self.name, path=None, offset=None, length=None, event=records[i])
+        self.deadletter.sync()
+        self.rejected_events += len(indices) if kind != "retry_exhausted" else 0
+        if self.metrics is not None:
+            self.metrics.deadlettered.labels(kind).inc(len(indices))
+        log.error("events dead-lettered by a sink", extra={"sink": self.name, "events": len(indices), "kind": kind, "reason": reason})
+
+    def _set_state(self, state: str, reason: str | None) -> None:
+        now = time.monotonic()
+        if state == "blocked":
+            if self.blocked_since is None:
+                self.blocked_since = now
+            if now - self._blocked_logged >= BLOCKED_LOG_INTERVAL_S:
+                self._blocked_logged = now
+                log.error("sink blocked: it cannot work until this is fixed; data is kept and retried", extra={"sink": self.name, "reason": reason})
+        else:
+            if self.state == "blocked":
+                log.info("sink unblocked", extra={"sink": self.name, "blocked_s": round(now - (self.blocked_since or now), 1)})
+            self.blocked_since = None
+            self._blocked_logged = 0.0
+        if state != "ok" and self.state == "ok" and self.spool is not None:
+            log.warning("sink is failing: batches go to its spool", extra={"sink": self.name, "reason": reason})
+        self.state = state
+
+    # -- spool -----------------------------------------------------------------------------------
+    async def _to_spool(self, batch: Batch) -> None:
+        assert self.spool is not None
+        payload = b"\n".join(batch.records)
+        warned = False
+        while True:
+            try:
+                await asyncio.to_thread(self.spool.append, payload)
+                break
+            except SpoolFullError:
+                self.spool_full_waits += 1
+                if not warned:
+                    warned = True
+                    log.warning("spool full: the reader waits until the sink catches up", extra={"sink": self.name, "spool_bytes": self.spool.bytes_used})
+                await asyncio.sleep(0.2)
+            except RecordTooLargeError:  # a batch bigger than the whole spool: deliver it directly
+                await self._slots.acquire()
+                await self._deliver(batch)
+                return
+        self.spooled_batches += 1
+        self._ack(batch)
+        self._spool_wakeup.set()
+
+    async def _drain_spool(self) -> None:
+        assert self.spool is not None
+        spool = self.spool
+        while True:
+            records = await asyncio.to_thread(spool.next_unacked, 1)
+            if not records:
+                self._spool_wakeup.clear()
+                await self._spool_wakeup.wait()
+                continue
+            rec = records[0]
+            lines = rec.payload.split(b"\n") if rec.payload else []
+            await self._deliver_records(lines)
+            if spool.ack(rec.id):
+                await asyncio.to_thread(spool.flush_acks)
+
+    # -- stop ------------------------------------------------------------------------------------
     async def stop(self) -> None:
         await self.queue.put(None)
+
+    async def finish(self, timeout: float | None, *, drain_spool: bool = False) -> int:
+        """Wait for batches in flight; past `timeout`, spool them (if a spool exists) or abandon them
+        (they are not acknowledged, so they are read again at the next start). With `drain_spool`
+        (run --once) also wait until the spool is empty. Returns batches abandoned."""
+        abandoned = 0
+        if drain_spool and self.spool is not None:
+            if self._inflight:
+                await asyncio.wait(list(self._inflight))
+            while self.spool.unacked_count:
+                self._spool_wakeup.set()
+                await asyncio.sleep(0.05)
+        if self._inflight:
+            _, pending = await asyncio.wait(list(self._inflight), timeout=timeout)
+            for task in pending:
+                batch = self._inflight.get(task)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                if batch is None:
+                    continue
+                if self.spool is not None:
+                    try:
+                        await asyncio.to_thread(self.spool.append, b"\n".join(batch.records))
+                        self._ack(batch)
+                        continue
+                    except (SpoolFullError, RecordTooLargeError):
+                        pass
+                abandoned += 1
+        if self._drainer is not None:
+            self._drainer.cancel()
+            await asyncio.gather(self._drainer, return_exceptions=True)
+        if self.spool is not None:
+            await asyncio.to_thread(self.spool.close)
+        return abandoned

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -29,6 +29,7 @@ class Metrics:
             P + "delivery_latency_seconds", "From reading a batch's oldest event to its acknowledgement by the sink", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry
         )
         self._collector: _StateCollector | None = None
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
     def shipped(self, sink: str, events: int, nbytes: int, send_s: float, latency_s: float) -> None:
         self.batch_send_seconds.labels(sink).observe(send_s)
@@ -78,6 +79,31 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(P + "memory_inflight_bytes", "Bytes of events read and not yet acknowledged by every sink", value=s["inflight_bytes"])
         yield GaugeMetricFamily(P + "memory_limit_bytes", "memory_limit_bytes from the config", value=s["memory_limit"])
         yield GaugeMetricFamily(P + "files_tracked", "Input files currently tracked", value=s["files_tracked"])
+        yield GaugeMetricFamily(
+            P + "oldest_unread_file_at_risk", "1 when a file being read is the oldest backup on disk (the next rotation may delete it)", value=1 if s["files_at_risk"] else 0
+        )
+        state = GaugeMetricFamily(P + "sink_state", "1 for the sink's current state (ok, retrying, blocked)", labels=["sink", "state"])
+        blocked = GaugeMetricFamily(P + "sink_blocked_seconds", "How long the sink has been blocked (0 when not blocked)", labels=["sink"])
+        rejected = CounterMetricFamily(P + "sink_events_rejected", "Events a sink refused for good (dead-lettered with the backend's reason)", labels=["sink"])
+        for sink, current in sorted(s["sink_state"].items()):
+            for name in ("ok", "retrying", "blocked"):
+                state.add_metric([sink, name], 1 if current == name else 0)
+            blocked.add_metric([sink], s["sink_blocked_s"][sink])
+            rejected.add_metric([sink], s["sink_rejected"][sink])
+        yield state
+        yield blocked
+        yield rejected
+        spool = GaugeMetricFamily(P + "spool_bytes", "Bytes of the sink's disk spool", labels=["sink"])
+        spooled = CounterMetricFamily(P + "spool_batches", "Batches written to the sink's spool", labels=["sink"])
+        full = CounterMetricFamily(P + "spool_full_waits", "Times a batch waited for room in a full spool (reader held back)", labels=["sink"])
+        for sink, n in sorted(s["spool_bytes"].items()):
+            spool.add_metric([sink], n)
+            spooled.add_metric([sink], s["spooled_batches"][sink])
+            full.add_metric([sink], s["spool_full_waits"][sink])
+        yield spool
+        yield spooled
+        yield full
+        yield GaugeMetricFamily(P + "checkpoint_age_seconds", "Seconds since the checkpoint file was last written by this process", value=s["checkpoint_age_s"])
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

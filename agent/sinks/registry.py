@@ -21,7 +21,10 @@ def sink_type(cfg: Any) -> str:
     return str(type(cfg).__struct_config__.tag)
 
 
-def build_sink(cfg: Any, *, node: str) -> Any:
-    """Import the configured sink's implementation (only now) and build it from its config."""
+def build_sink(cfg: Any, *, node: str, state_dir: str) -> Any:
+    """Import the configured sink's implementation (only now) and build it: `XSink(cfg, node=, state_dir=)`.
+
+    `state_dir` is the agent's; a sink that keeps files of its own (S3 staging) uses `<state_dir>/<kind>/<name>`.
+    """
     module, _, attr = SINK_IMPLEMENTATIONS[sink_type(cfg)].partition(":")
-    return getattr(importlib.import_module(module), attr)(cfg, node=node)
+    return getattr(importlib.import_module(module), attr)(cfg, node=node, state_dir=state_dir)

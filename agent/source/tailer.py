@@ -87,6 +87,8 @@ class Tailer:
         self.hints: ChangeHints | None = None
         self.state_changed = asyncio.Event()  # entries changed (new file, completion): checkpoint worth writing
         self._last_rescan = 0.0
+        self._oldest_backup: dict[str, str] = {}  # family -> path of its oldest backup on disk
+        self._warned_at_risk: set[str] = set()
 
     # -- acknowledgements (called by the ledger, on the loop) ------------------------------------
     def on_advance(self, fid: int, offset: int) -> None:
@@ -149,6 +151,10 @@ class Tailer:
         file, the one slow step, happens at the first read, in the reader's thread."""
         now = time.time()
         found = discover(self.cfg.paths, self.cfg.exclude)
+        self._oldest_backup = {}
+        for f in found:  # sorted by (family, rank): the first backup of a family is its oldest
+            if f.rank[0] == 0 and f.family not in self._oldest_backup:
+                self._oldest_backup[f.family] = f.path
         by_inode = {(f.stat.dev, f.stat.ino): f for f in found}
         # only open files are matched by inode: a closed file's inode may already belong to a new file
         tracked = {(tf.entry.dev, tf.entry.ino): tf for tf in self.files.values() if tf.fd is not None}
@@ -183,6 +189,14 @@ class Tailer:
                 self.entries.remove(e)
                 self.state_changed.set()
         self._last_rescan = time.monotonic()
+        for path in self.at_risk():
+            if path not in self._warned_at_risk:
+                self._warned_at_risk.add(path)
+                log.warning(
+                    "the oldest unread file is the oldest rotated backup on disk: kube-apiserver may delete it at its next "
+                    "rotation (--audit-log-maxbackup) before it is shipped; the agent is falling behind",
+                    extra={"path": path, "bytes_behind": self.bytes_behind().get(path)},
+                )
 
     def _adopt(self, f: Found, claimed: set[int]) -> None:
         try:
@@ -409,6 +423,10 @@ class Tailer:
                 tf.waiting = False  # rotated or deleted since: read it to its end
             elif tf.waiting and tf.reader is not None and tf.size > tf.reader.read_pos:
                 tf.waiting = False
+
+    def at_risk(self) -> list[str]:
+        """Files being read that are the oldest backup of their family on disk (next to be deleted)."""
+        return [tf.entry.path for tf in self.next_per_family() if tf.rank[0] == 0 and self._oldest_backup.get(tf.family) == tf.entry.path]
 
     def bytes_behind(self) -> dict[str, int]:
         return {tf.entry.path: max(0, tf.size - tf.entry.offset) for tf in self.files.values() if not tf.entry.complete and not tf.entry.gzip}

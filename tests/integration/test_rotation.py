@@ -186,9 +186,9 @@ def test_deleted_while_open_is_drained_through_the_descriptor(tmp_path: Path) ->
     gate = asyncio.Event()
 
     class GatedSink(FileSink):
-        async def send(self, payload: bytes) -> None:
+        async def send(self, request):  # type: ignore[no-untyped-def]
             await gate.wait()
-            await super().send(payload)
+            return await super().send(request)
 
     cfg = make_config(tmp_path, memory_limit_bytes=1 << 20, input={"read_chunk_bytes": 65536})
     sink = GatedSink(FileSinkConfig(name="archive", path=str(tmp_path / "out")))
@@ -239,3 +239,42 @@ def test_glob_with_several_families(tmp_path: Path) -> None:
     assert sorted(got) == sorted(ids(a + b))
     got_a = [x for x in got if x.startswith("a-")]
     assert got_a == ids(a[20:] + a[:20])  # the backup (older) before the active file
+
+
+def test_oldest_backup_being_read_is_flagged_at_risk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """While the agent is still on the oldest backup on disk, the next rotation may delete it: warn and flag."""
+    import asyncio
+
+    from agent.sinks.file.config import FileSinkConfig
+    from agent.sinks.file.sink import FileSink
+
+    log = tmp_path / "log" / "audit.log"
+    oldest = log.with_name("audit-2026-11-22T09-00-00.000.log")
+    append(oldest, numbered_lines(3000))
+    append(log.with_name("audit-2026-11-22T09-30-00.000.log"), numbered_lines(10, start=3000))
+    append(log, numbered_lines(10, start=3010))
+    gate = asyncio.Event()
+
+    class GatedSink(FileSink):
+        async def send(self, request):  # type: ignore[no-untyped-def]
+            await gate.wait()
+            return await super().send(request)
+
+    cfg = make_config(tmp_path, memory_limit_bytes=1 << 20, input={"backfill_rotated": True, "read_chunk_bytes": 65536})
+    sink = GatedSink(FileSinkConfig(name="archive", path=str(tmp_path / "out")))
+
+    async def scenario() -> tuple[list[str], int, int]:
+        async with Running(cfg, sinks=[sink]) as run:
+            await until(lambda: run.agent.budget.waits > 0, what="reader held back")
+            at_risk = run.agent.tailer.at_risk()  # type: ignore[union-attr]
+            flagged = run.agent.metrics_state()["files_at_risk"]
+            gate.set()
+            await until(lambda: len(sink_lines(tmp_path / "out", include_tmp=True)) >= 3020, what="everything")
+            after = len(run.agent.tailer.at_risk())  # type: ignore[union-attr]
+            await run.stop()
+            return at_risk, flagged, after
+
+    with caplog.at_level("WARNING"):
+        at_risk, flagged, after = asyncio.run(scenario())
+    assert at_risk == [str(oldest)] and flagged == 1 and after == 0
+    assert any("oldest rotated backup on disk" in r.getMessage() for r in caplog.records)

@@ -254,7 +254,7 @@ def test_long_values_are_shortened() -> None:
 
 
 def test_cross_field_checks_are_reported_at_their_struct() -> None:
-    assert problems({"sinks": [sink(retry={"initial_ms": 5, "max_ms": 1})]}) == ["sinks[0].retry: retry.max_ms (1) must be >= retry.initial_ms (5)"]
+    assert problems({"sinks": [sink(retry={"initial_ms": 5, "max_ms": 1})]}) == ["sinks[0].retry: max_ms (1) must be >= initial_ms (5)"]
     (p,) = problems({**MINIMAL, "metrics": {"listen": "127.0.0.1:99999"}})
     assert p.startswith("metrics: ") and "99999" in p
 

@@ -14,6 +14,7 @@ thrown away: the checkpoint may already be past it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import mmap
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 import zstandard
 
 from agent.checkpoint.store import fsync_dir
+from agent.delivery.contract import Blocked, Delivered, Outcome, Reply, Request, Retry
 from agent.sinks.file.config import FileSinkConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def valid_prefix(path: Path, compressed: bool) -> int:
 class FileSink:
     max_concurrency = 1  # one file, appended in batch order
 
-    def __init__(self, cfg: FileSinkConfig, *, node: str = "") -> None:
+    def __init__(self, cfg: FileSinkConfig, *, node: str = "", state_dir: str = "") -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.dir = Path(cfg.path)
@@ -101,12 +103,27 @@ class FileSink:
         return tmp.with_name(tmp.name[1:].removesuffix(".tmp"))
 
     # -- writing ---------------------------------------------------------------------------------
-    def encode(self, records: list[bytes]) -> bytes:
+    def encode(self, records: list[bytes]) -> list[Request]:
         data = b"\n".join(records) + b"\n"
-        return self._cctx.compress(data) if self._cctx is not None else data
+        payload = self._cctx.compress(data) if self._cctx is not None else data
+        return [Request(payload=payload, indices=range(len(records)), raw_bytes=len(data))]
 
-    async def send(self, payload: bytes) -> None:
-        await asyncio.to_thread(self._append, payload)
+    def split(self, request: Request, records: list[bytes]) -> list[Request]:
+        return []  # a local file has no request size limit
+
+    async def send(self, request: Request) -> Reply:
+        await asyncio.to_thread(self._append, request.payload)
+        return Reply(200, {}, b"")
+
+    def classify(self, request: Request, result: Reply | BaseException) -> Outcome:
+        if isinstance(result, Reply):
+            return Delivered()
+        if isinstance(result, OSError):
+            where = f"{self.dir}: {result.strerror or result}"
+            if result.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR):
+                return Retry(f"write failed ({errno.errorcode.get(result.errno or 0, '?')}): {where}")
+            return Blocked(f"cannot write ({errno.errorcode.get(result.errno or 0, '?')}): {where}")
+        return Retry(f"{type(result).__name__}: {result}")
 
     def _open(self) -> None:
         now = datetime.now(timezone.utc)
