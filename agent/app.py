@@ -78,9 +78,10 @@ def build_transform(cfg: Config) -> Transform | None:
 
 
 class Agent:
-    def __init__(self, cfg: Config, *, metrics: Metrics | None = None, sinks: list[Any] | None = None) -> None:
+    def __init__(self, cfg: Config, *, metrics: Metrics | None = None, sinks: list[Any] | None = None, notifier: Any = None) -> None:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
+        self.notifier = notifier  # agent.systemd.Notifier (READY, WATCHDOG, STATUS), or None
         self._sinks_override = sinks
         self.stop_event = asyncio.Event()
         self.ready = False
@@ -196,10 +197,31 @@ class Agent:
 
     async def _checkpoint_loop(self) -> None:
         interval = self.cfg.checkpoint.flush_interval_ms / 1000
+        last_status = 0.0
         while True:
             await asyncio.sleep(interval)
             self._last_loop_tick = time.monotonic()
             await self.write_checkpoint()
+            if self.notifier is not None:
+                self.notifier.watchdog()  # only from here: a stuck loop stops the pings and systemd restarts us
+                if self._last_loop_tick - last_status >= 5:
+                    last_status = self._last_loop_tick
+                    self.notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: what is read, shipped, behind, and any sink trouble."""
+        s = self.metrics_state()
+        shipped = ", ".join(f"{k} {v[0]}" for k, v in s["shipped"].items())
+        trouble = [f"{k} {v}" for k, v in s["sink_state"].items() if v != "ok"]
+        behind = sum(s["bytes_behind"].values())
+        return f"read {s['events_read']}, shipped {shipped}, {behind} bytes behind" + (f"; sinks: {', '.join(trouble)}" if trouble else "")
+
+    def readiness(self) -> bool:
+        """Ready: the pipeline runs and no sink has been blocked longer than 5 minutes."""
+        if not self.ready:
+            return False
+        now = time.monotonic()
+        return all(r.blocked_since is None or now - r.blocked_since < 300 for r in self.runners)
 
     async def _file_sink_timer(self) -> None:
         while True:
@@ -232,7 +254,7 @@ class Agent:
             assert self.tailer is not None
             addr = self.cfg.metrics.address()
             if addr is not None:
-                self.server = ObsServer(addr[0], addr[1], metrics=self.metrics.render, healthy=self.healthy, ready=lambda: self.ready)
+                self.server = ObsServer(addr[0], addr[1], metrics=self.metrics.render, healthy=self.healthy, ready=self.readiness)
                 await self.server.start()
             # the first scan decides first-start offsets (start_at, backfill_rotated): make them durable
             # before anything is read, so a crash now cannot make the next start a "first start" again
@@ -242,6 +264,9 @@ class Agent:
             background = [loop.create_task(self._checkpoint_loop(), name="checkpoints"), loop.create_task(self._file_sink_timer(), name="file-sink-timer")]
             tail_task = loop.create_task(self.tailer.run(self.stop_event, once=once), name="tailer")
             self.ready = True
+            if self.notifier is not None:
+                self.notifier.ready()
+                self.notifier.status(self.status_line())
             if on_ready is not None:
                 on_ready(self)
             done, _ = await asyncio.wait([tail_task, *runner_tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -24,6 +24,7 @@ class Metrics:
         self.errors = Counter(P + "errors", "Errors by kind", ["kind"], registry=self.registry)
         self.sink_retries = Counter(P + "sink_retries", "Failed sends that will be retried", ["sink"], registry=self.registry)
         self.deadlettered = Counter(P + "sink_events_deadlettered", "Events a sink gave up on (dead-lettered)", ["reason"], registry=self.registry)
+        self.config_reloads = Counter(P + "config_reloads", "SIGHUP reloads by result (applied in place, restarted the pipeline, failed)", ["result"], registry=self.registry)
         self.batch_send_seconds = Histogram(P + "batch_send_seconds", "Time to encode and deliver one batch, retries included", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.delivery_latency_seconds = Histogram(
             P + "delivery_latency_seconds", "From reading a batch's oldest event to its acknowledgement by the sink", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry
@@ -36,7 +37,10 @@ class Metrics:
         self.delivery_latency_seconds.labels(sink).observe(latency_s)
 
     def bind(self, state: Callable[[], dict[str, Any]]) -> None:
-        """Export the live state returned by `state()` (see app.Agent.metrics_state)."""
+        """Export the live state returned by `state()` (see app.Agent.metrics_state); a pipeline
+        restarted by a reload binds its own state in place of the old one."""
+        if self._collector is not None:
+            self.registry.unregister(self._collector)
         self._collector = _StateCollector(state)
         self.registry.register(self._collector)
 
