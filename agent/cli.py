@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from agent import __version__
 from agent.errors import AgentError, ConfigError, PolicyError
@@ -74,6 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     dl_replay.add_argument("--sink", help="only records of this sink")
     dl_replay.add_argument("--id", dest="ids", action="append", help="only this record id (repeatable)")
 
+    from agent.commands import sls_ensure
+
+    sls_ensure.add_parser(sub)
+
     demo = sub.add_parser("demo", help="run the built-in demo", description="Write realistic audit events to a temporary audit.log, rotate it as kube-apiserver does, and ship it with the real pipeline to a zstd file sink.")
     demo.add_argument("--events", type=int, default=50_000, help="events to write (default: 50000)")
     demo.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
@@ -86,7 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from agent.obs import logs
 
-    logs.setup(args.log_level, args.log_format)
+    scrubber = logs.Scrubber()
+    logs.setup(args.log_level, args.log_format, scrubber=scrubber)
+    args.scrubber = scrubber
     if args.command is None:
         _parser().print_help()
         return 2
@@ -102,25 +109,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _secrets(cfg: object) -> list[str]:
+    """Values in the config that must never reach a log line (credentials, tokens, hash keys)."""
+    import msgspec
+
+    found: list[str] = []
+
+    def walk(node: object, key: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+        elif isinstance(node, str) and node and any(w in key.lower() for w in ("secret", "password", "token", "hash_key", "access_key")):
+            found.append(node)
+
+    walk(msgspec.to_builtins(cfg))
+    return found
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """Load args.config and register its secrets with the log scrubber."""
+    from agent.config import load
+
+    cfg = load(args.config)
+    args.scrubber.add_values(_secrets(cfg))
+    return cfg
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    from agent import config as config_mod
 
     if args.command == "validate":
-        cfg = config_mod.load(args.config)
+        cfg = _load(args)
         from agent.app import build_transform
 
         build_transform(cfg)  # loads and validates the policy file too
         print(f"{args.config}: OK ({len(cfg.sinks)} sink(s): {', '.join(s.name for s in cfg.sinks)})")
         return 0
     if args.command == "run":
-        from agent.app import Agent
+        cfg = _load(args)
+        from agent.supervise import Service
+        from agent.systemd import Notifier
 
-        cfg = config_mod.load(args.config)
-        return asyncio.run(Agent(cfg).run(once=args.once))
+        with Notifier.from_environ() as notifier:  # a no-op without NOTIFY_SOCKET
+            return asyncio.run(Service(args.config, cfg, notifier=notifier).run(once=args.once))
     if args.command == "status":
         from agent.commands.status import print_status
 
-        return print_status(config_mod.load(args.config), as_json=args.json, out=sys.stdout)
+        return print_status(_load(args), as_json=args.json, out=sys.stdout)
     if args.command == "policy":
         from agent.commands.policy_check import run_policy_check
 
@@ -128,12 +165,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "deadletter":
         from agent.commands import deadletter
 
-        cfg = config_mod.load(args.config)
+        cfg = _load(args)
         if args.deadletter_command == "list":
             return deadletter.list_deadletters(cfg, sink=args.sink, include_replayed=args.all, as_json=args.json, out=sys.stdout)
         return deadletter.replay_deadletters(cfg, sink=args.sink, ids=args.ids, out=sys.stdout)
+    if args.command == "sls":
+        from agent.commands import sls_ensure
+
+        return sls_ensure.run(args, sys.stdout)
     if args.command == "demo":
         from agent.commands.demo import run_demo
 
         return run_demo(events=args.events, rate=args.rate, directory=args.dir, seed=args.seed, out=sys.stdout)
     raise AssertionError(args.command)
+

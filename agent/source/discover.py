@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import fnmatch
 import glob
+import logging
 import os
 import re
 from dataclasses import dataclass
 
 from agent.source.identity import FileStat
+
+log = logging.getLogger(__name__)
 
 _TS = r"(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3})"
 
@@ -50,7 +53,10 @@ def split_backup(path: str) -> tuple[str, str] | None:
 def _stat(path: str) -> FileStat | None:
     try:
         st = os.stat(path)
-    except OSError:
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot stat an input file; it is not read", extra={"path": path, "error": exc.strerror})
         return None
     if not os.path.isfile(path):
         return None
@@ -77,7 +83,14 @@ def discover(patterns: list[str], exclude: list[str]) -> list[Found]:
         regex = backup_pattern(active)
         try:
             names = os.listdir(d)
-        except OSError:
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # typically EACCES: kube-apiserver makes the audit directory 0700
+            log.warning(
+                "cannot list the audit log directory; rotated files there are not found (the agent needs read access: "
+                "root, or CAP_DAC_READ_SEARCH)",
+                extra={"dir": d, "error": exc.strerror},
+            )
             continue
         for name in names:
             m = regex.match(name)

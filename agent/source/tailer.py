@@ -202,7 +202,7 @@ class Tailer:
         try:
             fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            log.warning("cannot open file", extra={"path": f.path, "error": exc.strerror})
+            log.warning("cannot open an input file; it is not read (the agent needs read access: root, or CAP_DAC_READ_SEARCH)", extra={"path": f.path, "error": exc.strerror})
             return
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (f.stat.dev, f.stat.ino):  # replaced between stat and open: next scan

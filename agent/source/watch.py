@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -30,14 +31,21 @@ class ChangeHints(FileSystemEventHandler):
         observer = Observer()
         scheduled = 0
         for d in sorted(self._dirs):
+            if not os.path.isdir(d):
+                log.warning("input directory does not exist (yet); it is polled until it does", extra={"dir": d})
+                continue
             try:
                 observer.schedule(self, d, recursive=False)
                 scheduled += 1
-            except OSError as exc:  # directory missing (yet): polling covers it
+            except OSError as exc:  # e.g. no permission, inotify watch limit: polling covers it
                 log.warning("cannot watch directory, relying on polling", extra={"dir": d, "error": str(exc)})
         if scheduled:
             observer.daemon = True
-            observer.start()
+            try:
+                observer.start()
+            except OSError as exc:  # the directory went away, or inotify limits: polling covers it
+                log.warning("cannot start file notifications, relying on polling", extra={"error": str(exc)})
+                return
             self._observer = observer
 
     def stop(self) -> None:
