@@ -95,6 +95,7 @@ class Agent:
         self._last_loop_tick = time.monotonic()
         self._snapshots = 0
         self.server: ObsServer | None = None
+        self._sinks_closed = False
 
     # -- wiring ----------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -102,7 +103,7 @@ class Agent:
         entries = self.store.load()
         self.deadletter = DeadLetterStore(cfg.state_dir, max_bytes=cfg.deadletter.max_bytes, max_event_bytes=cfg.deadletter.max_event_bytes)
         self.processor = LineProcessor(build_transform(cfg), self.deadletter)
-        sinks = self._sinks_override if self._sinks_override is not None else [build_sink(s, node=cfg.node, state_dir=cfg.state_dir) for s in cfg.sinks]
+        sinks = self._sinks_override if self._sinks_override is not None else [build_sink(s, node=cfg.node, state_dir=cfg.state_dir, input_paths=cfg.input.paths) for s in cfg.sinks]
         by_name = {s.name: s for s in cfg.sinks}
         ledger = Ledger([s.name for s in sinks], on_advance=self._on_advance)
         for sink in sinks:
@@ -122,6 +123,7 @@ class Agent:
                     deadletter=self.deadletter,
                     metrics=self.metrics,
                     spool=spool,
+                    path_of=self._path_of,
                 )
             )
         self.tailer = Tailer(
@@ -134,6 +136,10 @@ class Agent:
             forget_after_s=cfg.checkpoint.forget_after_s,
         )
         self.metrics.bind(self.metrics_state)
+
+    def _path_of(self, fid: int) -> str | None:
+        tf = self.tailer.files.get(fid) if self.tailer is not None else None
+        return tf.entry.path if tf is not None else None
 
     def _on_advance(self, fid: int, offset: int) -> None:
         assert self.tailer is not None
@@ -175,6 +181,7 @@ class Agent:
             "spool_bytes": {r.name: r.spool.bytes_used for r in self.runners if r.spool is not None},
             "spooled_batches": {r.name: r.spooled_batches for r in self.runners if r.spool is not None},
             "spool_full_waits": {r.name: r.spool_full_waits for r in self.runners if r.spool is not None},
+            "sink_families": [r.sink.metric_families for r in self.runners if hasattr(r.sink, "metric_families")],
             "checkpoint_age_s": time.time() - self.store.last_write if self.store.last_write else 0.0,
         }
 
@@ -221,7 +228,7 @@ class Agent:
         if not self.ready:
             return False
         now = time.monotonic()
-        return all(r.blocked_since is None or now - r.blocked_since < 300 for r in self.runners)
+        return all((r.blocked_since is None or now - r.blocked_since < 300) and getattr(r.sink, "blocked_for_s", lambda: 0.0)() < 300 for r in self.runners)
 
     async def _file_sink_timer(self) -> None:
         while True:
@@ -294,7 +301,10 @@ class Agent:
                     extra={"batches": abandoned, "sinks": [t.get_name() for t in pending]},
                 )
             for r in self.runners:
+                if hasattr(r.sink, "shutdown_timeout_s"):  # the S3 sink uploads what it staged, within the time left
+                    r.sink.shutdown_timeout_s = None if drain else _left(deadline)
                 await r.sink.aclose()
+            self._sinks_closed = True
             await self.write_checkpoint()
             return 0
         finally:
@@ -303,6 +313,12 @@ class Agent:
             await asyncio.gather(*background, return_exceptions=True)
             if self.server is not None:
                 await self.server.aclose()
+            if not self._sinks_closed:  # run failed: still close clients and background tasks of the sinks
+                for r in self.runners:
+                    try:
+                        await r.sink.aclose()
+                    except Exception:
+                        log.exception("closing a sink failed", extra={"sink": r.name})
             if self.tailer is not None:
                 self.tailer.close()
             if self.deadletter is not None:

@@ -93,10 +93,11 @@ class Sink(Protocol):
 class Batch:
     """Records for one sink plus the input ranges they stand for, per file."""
 
-    __slots__ = ("records", "ranges", "nbytes", "started", "oldest_read")
+    __slots__ = ("records", "ranges", "parts", "nbytes", "started", "oldest_read")
 
     def __init__(self, started: float) -> None:
         self.records: list[bytes] = []
+        self.parts: list[tuple[Any, int, int]] = []  # (chunk, i, j): records[...] came from chunk.records[i:j]
         self.ranges: dict[int, list[int]] = {}  # fid -> [start, end)
         self.nbytes = 0
         self.started = started

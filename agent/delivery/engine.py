@@ -12,9 +12,10 @@ attempts and logs one error per minute; Split re-encodes the request in parts; R
 the named records. Nothing is dropped unless `max_retry_age_s` asks for it, and then it is dead-lettered
 and counted.
 
-Spool (optional, per sink): while the spool holds anything, or the sink is failing, or every slot is
-busy, new batches go to the spool (fsynced, then acknowledged) so the reader goes on; one drainer sends
-spooled batches in order. A full spool holds the batch in memory until there is room (backpressure).
+Spool (optional, per sink): while the spool holds anything or the sink is failing, new batches go to
+the spool (fsynced, then acknowledged) so the reader goes on; a drainer sends spooled batches oldest
+first, up to `concurrency` at a time, each holding one of the sink's slots (so a sink never sees more
+than `concurrency` requests at once). A full spool holds the batch in memory until there is room.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import msgspec
 from tenacity import RetryCallState, wait_random_exponential
 
 from agent.checkpoint.ledger import Ledger
@@ -38,9 +40,11 @@ log = logging.getLogger(__name__)
 
 BLOCKED_LOG_INTERVAL_S = 60.0
 
+Locate = Callable[[int], "tuple[str | None, int, int] | None"]  # record index -> where it was read
 
-class _GaveUp(Exception):
-    pass
+
+class _Spill(Exception):
+    """A batch sent directly failed and the sink has a spool: it goes to the spool instead of waiting."""
 
 
 class SinkRunner:
@@ -55,6 +59,7 @@ class SinkRunner:
         deadletter: DeadLetterStore,
         metrics: Any = None,
         spool: Spool | None = None,
+        path_of: Callable[[int], str | None] | None = None,
     ) -> None:
         self.sink = sink
         self.name = sink.name
@@ -65,11 +70,13 @@ class SinkRunner:
         self.deadletter = deadletter
         self.metrics = metrics
         self.spool = spool
+        self.path_of = path_of or (lambda fid: None)
         self.queue: asyncio.Queue[Chunk | None] = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._inflight: dict[asyncio.Task[None], Batch] = {}
         self._wait = wait_random_exponential(multiplier=retry.initial_ms / 1000, max=retry.max_ms / 1000, exp_base=retry.multiplier)
         self._spool_wakeup = asyncio.Event()
+        self._state_changed = asyncio.Event()
         self._drainer: asyncio.Task[None] | None = None
         # state and counters, read by metrics
         self.state = "ok"  # ok | retrying | blocked
@@ -128,6 +135,7 @@ class SinkRunner:
                     batch = None
                     continue
                 batch.records.extend(records[i:j])
+                batch.parts.append((chunk, i, j))
                 batch.nbytes = nbytes
                 start = chunk.start if i == 0 else ends[i - 1]
                 rng = batch.ranges.get(chunk.fid)
@@ -143,10 +151,28 @@ class SinkRunner:
             await self._flush(batch)
 
     async def _flush(self, batch: Batch) -> None:
-        if self.spool is not None and (self.spool.unacked_count or self.state != "ok" or self._slots.locked()):
-            await self._to_spool(batch)
-            return
+        while self.spool is not None:
+            if self.spool.unacked_count or self.state != "ok":
+                await self._to_spool(batch)
+                return
+            if not self._slots.locked():
+                break
+            # every slot is busy: take the next free slot, unless the sink starts failing meanwhile
+            self._state_changed.clear()
+            acquire = asyncio.ensure_future(self._slots.acquire())
+            changed = asyncio.ensure_future(self._state_changed.wait())
+            await asyncio.wait([acquire, changed], return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                await asyncio.gather(acquire, return_exceptions=True)
+            if acquire.done() and not acquire.cancelled():
+                self._start(batch)
+                return
         await self._slots.acquire()
+        self._start(batch)
+
+    def _start(self, batch: Batch) -> None:
         task = asyncio.get_running_loop().create_task(self._deliver(batch), name=f"deliver:{self.name}")
         self._inflight[task] = batch
         task.add_done_callback(lambda t: self._inflight.pop(t, None))
@@ -156,54 +182,98 @@ class SinkRunner:
             self.ledger.ack(self.name, fid, start, end)
 
     async def _deliver(self, batch: Batch) -> None:
+        released = False
         try:
             started = time.monotonic()
-            await self._deliver_records(batch.records)
+            try:
+                await self._deliver_records(batch.records, self._locator(batch), spill=self.spool is not None)
+            except _Spill:  # the sink failed and has a spool: park the batch there, the reader goes on
+                self._slots.release()
+                released = True
+                await self._to_spool(batch)
+                return
             if self.metrics is not None:
                 self.metrics.shipped(self.name, len(batch.records), batch.nbytes, time.monotonic() - started, time.monotonic() - batch.oldest_read)
             self._ack(batch)
         finally:
-            self._slots.release()
+            if not released:
+                self._slots.release()
 
     # -- one batch of records, through every outcome ---------------------------------------------
     async def deliver(self, records: list[bytes]) -> None:
         """Deliver records outside the pipeline (dead-letter replay): same outcomes, no acknowledgements."""
         await self._deliver_records(records)
 
-    async def _deliver_records(self, records: list[bytes]) -> None:
-        requests = await asyncio.to_thread(self.sink.encode, records)
+    async def _deliver_records(self, records: list[bytes], locate: Locate | None = None, *, spill: bool = False) -> None:
+        while True:
+            try:
+                requests = await asyncio.to_thread(self.sink.encode, records)
+                break
+            except Exception as exc:  # a sink bug, not a backend answer: keep the data, say so, try again slowly
+                log.exception("sink failed to encode a batch; it is kept and tried again", extra={"sink": self.name})
+                self._set_state("blocked", f"encode failed: {type(exc).__name__}: {exc}")
+                if spill:
+                    raise _Spill from exc
+                await asyncio.sleep(self.retry_cfg.max_ms / 1000)
         for request in requests:
-            await self._until_done(request, records, time.monotonic())
+            await self._until_done(request, records, time.monotonic(), locate, spill=spill)
 
-    async def _until_done(self, request: Request, records: list[bytes], first_try: float) -> None:
+    def _locator(self, batch: Batch) -> Locate:
+        """Record index in the batch → (path, offset, length) of the input line it came from."""
+        parts = batch.parts
+        path_of = self.path_of
+
+        def locate(k: int) -> tuple[str | None, int, int] | None:
+            base = 0
+            for chunk, i, j in parts:
+                if k < base + j - i:
+                    offset, length = chunk.location(i + k - base)
+                    return path_of(chunk.fid), offset, length
+                base += j - i
+            return None
+
+        return locate
+
+    async def _until_done(self, request: Request, records: list[bytes], first_try: float, locate: Locate | None = None, *, spill: bool = False) -> None:
         attempt = 0
         while True:
             try:
                 result: Any = await self.sink.send(request)
             except Exception as exc:  # transport errors: the sink's classify decides what they mean
                 result = exc
-            outcome = self.sink.classify(request, result)
+            try:
+                outcome = self.sink.classify(request, result)
+            except Exception as exc:  # a sink bug: treat the attempt as failed, keep the data
+                log.exception("sink failed to classify an answer; treated as a failed attempt", extra={"sink": self.name})
+                outcome = Retry(f"classify failed: {type(exc).__name__}: {exc}")
             if isinstance(outcome, Delivered):
                 self._delivered(request, records)
                 return
             if isinstance(outcome, Rejected):
                 self._set_state("ok", None)
-                self._dead(records, outcome.indices, outcome.reason, outcome.reasons, kind="rejected")
+                self._dead(records, outcome.indices, outcome.reason, outcome.reasons, kind="rejected", locate=locate)
                 rejected = set(outcome.indices)
                 rest = [i for i in request.indices if i not in rejected]
                 if outcome.retry_rest and rest:
                     for sub in await asyncio.to_thread(self._encode_subset, records, rest):
-                        await self._until_done(sub, records, first_try)
+                        await self._until_done(sub, records, first_try, locate)
                 elif rest:
                     self._delivered(request, records, only=rest)
                 return
             if isinstance(outcome, Split):
-                parts = await asyncio.to_thread(self.sink.split, request, records)
+                try:
+                    parts = await asyncio.to_thread(self.sink.split, request, records)
+                except Exception:
+                    log.exception("sink failed to split a request; it is sent again whole", extra={"sink": self.name})
+                    parts = None
+                if parts is None:
+                    await asyncio.sleep(self.retry_cfg.max_ms / 1000)
+                    continue
                 if not parts:  # a single record the backend will never take
-                    self._dead(records, request.indices, f"too large for the backend: {outcome.reason}", None, kind="too_large")
+                    self._dead(records, request.indices, f"too large for the backend: {outcome.reason}", None, kind="too_large", locate=locate)
                     return
                 for part in parts:
-                    await self._until_done(part, records, first_try)
+                    await self._until_done(part, records, first_try, locate)
                 return
             attempt += 1
             self.retries += 1
@@ -213,9 +283,12 @@ class SinkRunner:
             age = time.monotonic() - first_try
             max_age = self.retry_cfg.max_retry_age_s
             if max_age and age >= max_age:
-                self._dead(records, request.indices, f"gave up after retry.max_retry_age_s={max_age}: {outcome.reason}", None, kind="retry_exhausted")
+                self._dead(records, request.indices, f"gave up after retry.max_retry_age_s={max_age}: {outcome.reason}", None, kind="retry_exhausted", locate=locate)
                 self.gave_up_events += len(request.indices)
                 return
+            if spill:
+                self._set_state("blocked" if isinstance(outcome, Blocked) else "retrying", outcome.reason)
+                raise _Spill
             if isinstance(outcome, Blocked):
                 self._set_state("blocked", outcome.reason)
                 delay = self.retry_cfg.max_ms / 1000
@@ -244,14 +317,16 @@ class SinkRunner:
         self.shipped_events += len(idx)
         self.shipped_bytes += sum(len(records[i]) + 1 for i in idx)
 
-    def _dead(self, records: list[bytes], indices: Sequence[int], reason: str, reasons: Any, *, kind: str) -> None:
+    def _dead(self, records: list[bytes], indices: Sequence[int], reason: str, reasons: Any, *, kind: str, locate: Locate | None = None) -> None:
         for i in indices:
             why = reasons.get(i, reason) if reasons else reason
-            self.deadletter.add(reason=f"sink {self.name}: {why}", sink=self.name, path=None, offset=None, length=None, event=records[i])
+            where = locate(i) if locate is not None else None
+            path, offset, length = where if where is not None else (None, None, None)
+            self.deadletter.add(reason=f"sink {self.name}: {why}", sink=self.name, path=path, offset=offset, length=length, event=records[i])
         self.deadletter.sync()
         self.rejected_events += len(indices) if kind != "retry_exhausted" else 0
         if self.metrics is not None:
-            self.metrics.deadlettered.labels(kind).inc(len(indices))
+            self.metrics.deadlettered.labels(self.name, kind).inc(len(indices))
         log.error("events dead-lettered by a sink", extra={"sink": self.name, "events": len(indices), "kind": kind, "reason": reason})
 
     def _set_state(self, state: str, reason: str | None) -> None:
@@ -269,16 +344,19 @@ class SinkRunner:
             self._blocked_logged = 0.0
         if state != "ok" and self.state == "ok" and self.spool is not None:
             log.warning("sink is failing: batches go to its spool", extra={"sink": self.name, "reason": reason})
+        if state != self.state:
+            self._state_changed.set()
         self.state = state
 
     # -- spool -----------------------------------------------------------------------------------
     async def _to_spool(self, batch: Batch) -> None:
         assert self.spool is not None
         payload = b"\n".join(batch.records)
+        meta = self._spool_meta(batch)
         warned = False
         while True:
             try:
-                await asyncio.to_thread(self.spool.append, payload)
+                await asyncio.to_thread(self.spool.append, payload, meta)
                 break
             except SpoolFullError:
                 self.spool_full_waits += 1
@@ -295,19 +373,34 @@ class SinkRunner:
         self._spool_wakeup.set()
 
     async def _drain_spool(self) -> None:
+        """Send spooled batches oldest first, up to `concurrency` at a time, each holding a slot."""
         assert self.spool is not None
         spool = self.spool
         while True:
-            records = await asyncio.to_thread(spool.next_unacked, 1)
+            records = await asyncio.to_thread(spool.next_unacked, self.concurrency)
             if not records:
+                await asyncio.to_thread(spool.flush_acks)  # idle: make every ack so far durable
                 self._spool_wakeup.clear()
                 await self._spool_wakeup.wait()
                 continue
-            rec = records[0]
+            await asyncio.gather(*(self._drain_one(rec) for rec in records))
+
+    def _spool_meta(self, batch: Batch) -> bytes:
+        """Where each record was read ([path, offset, length] or null), kept with the batch in the spool."""
+        locate = self._locator(batch)
+        return msgspec.json.encode([locate(k) for k in range(len(batch.records))])
+
+    async def _drain_one(self, rec: Any) -> None:
+        assert self.spool is not None
+        async with self._slots:
             lines = rec.payload.split(b"\n") if rec.payload else []
-            await self._deliver_records(lines)
-            if spool.ack(rec.id):
-                await asyncio.to_thread(spool.flush_acks)
+            try:
+                where = msgspec.json.decode(rec.meta) if rec.meta else []
+            except msgspec.DecodeError:
+                where = []
+            await self._deliver_records(lines, lambda k: tuple(where[k]) if k < len(where) and where[k] else None)
+        if self.spool.ack(rec.id):
+            await asyncio.to_thread(self.spool.flush_acks)
 
     # -- stop ------------------------------------------------------------------------------------
     async def stop(self) -> None:
@@ -334,7 +427,7 @@ class SinkRunner:
                     continue
                 if self.spool is not None:
                     try:
-                        await asyncio.to_thread(self.spool.append, b"\n".join(batch.records))
+                        await asyncio.to_thread(self.spool.append, b"\n".join(batch.records), self._spool_meta(batch))
                         self._ack(batch)
                         continue
                     except (SpoolFullError, RecordTooLargeError):

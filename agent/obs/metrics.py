@@ -23,7 +23,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.errors = Counter(P + "errors", "Errors by kind", ["kind"], registry=self.registry)
         self.sink_retries = Counter(P + "sink_retries", "Failed sends that will be retried", ["sink"], registry=self.registry)
-        self.deadlettered = Counter(P + "sink_events_deadlettered", "Events a sink gave up on (dead-lettered)", ["reason"], registry=self.registry)
+        self.deadlettered = Counter(P + "sink_events_deadlettered", "Events a sink dead-lettered (rejected, too large, retries given up)", ["sink", "reason"], registry=self.registry)
         self.config_reloads = Counter(P + "config_reloads", "SIGHUP reloads by result (applied in place, restarted the pipeline, failed)", ["result"], registry=self.registry)
         self.batch_send_seconds = Histogram(P + "batch_send_seconds", "Time to encode and deliver one batch, retries included", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.delivery_latency_seconds = Histogram(
@@ -107,6 +107,8 @@ class _StateCollector(Collector):
         yield spool
         yield spooled
         yield full
+        for families in s.get("sink_families", ()):
+            yield from families()
         yield GaugeMetricFamily(P + "checkpoint_age_seconds", "Seconds since the checkpoint file was last written by this process", value=s["checkpoint_age_s"])
 
 

@@ -65,6 +65,7 @@ class LineProcessor:
     def process(self, fid: int, path: str, lines: Lines) -> Chunk:
         records: list[bytes] = []
         ends: list[int] = []
+        starts: list[int] = []
         counts: Counter[str] = Counter()
         transform = self.transform
         dropped = 0
@@ -91,15 +92,17 @@ class LineProcessor:
                 continue
             records.append(out)
             ends.append(end)
+            starts.append(end - len(line) - 1)
         for offset, length in lines.oversize:
             self._dead(path, offset, length, f"line longer than max_line_bytes ({length - 1} bytes)", None, counts, kind="oversize")
         counts["read"] += len(lines.lines) + len(lines.oversize)
         counts["dropped"] += dropped
         with self._lock:
             self._counts.update(counts)
+        chunk = Chunk(fid, lines.start, lines.end, records, ends, time.monotonic(), starts)
         if records:
-            ends[-1] = lines.end
-        return Chunk(fid, lines.start, lines.end, records, ends, time.monotonic())
+            ends[-1] = lines.end  # the last record also stands for trailing lines that produced none
+        return chunk
 
     def _dead(self, path: str, offset: int, length: int, reason: str, line: bytes | None, counts: Counter[str], kind: str = "malformed") -> None:
         counts[f"deadletter:{kind}"] += 1

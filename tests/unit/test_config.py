@@ -135,7 +135,7 @@ def test_several_errors_are_all_listed(tmp_path: Path) -> None:
             rotate_bytes: big
             compression: gzip
             retry: {initial_ms: -1}
-          - {name: b, type: s3}
+          - {name: b, type: kafka}
           - {name: c, type: file}
         checkpoint: {flush_interval_ms: fast}
     """
@@ -149,7 +149,7 @@ def test_several_errors_are_all_listed(tmp_path: Path) -> None:
         "sinks[0].rotate_bytes: expected int >= 1048576": '"big"',
         "sinks[0].compression: expected": '"gzip"',
         "sinks[0].retry.initial_ms: expected int >= 1": "-1",
-        "sinks[1].type: unknown type": '"s3"',
+        "sinks[1].type: unknown type": '"kafka"',
         "sinks[2].path: required key missing": None,
         "checkpoint.flush_interval_ms: expected int >= 10": '"fast"',
     }
@@ -201,7 +201,7 @@ def test_unknown_key_suggests_the_close_spelling() -> None:
 
 def test_unknown_and_missing_sink_type() -> None:
     got = problems({"sinks": [{"name": "a", "type": "kafka", "brokers": ["x"]}, {"name": "b", "path": "/y"}, sink(name="c")]})
-    assert 'sinks[0].type: unknown type "kafka"; expected one of file' in got
+    assert 'sinks[0].type: unknown type "kafka"; expected one of file, loki, s3, sls' in got
     assert any(p.startswith("sinks[1].type: required key missing") and "file" in p for p in got)
     assert len(got) == 2  # sinks[2] is fine; nothing is reported for the keys of a sink of unknown type
 

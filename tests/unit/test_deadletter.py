@@ -37,7 +37,7 @@ def test_record_with_location_reason_and_event(tmp_path: Path) -> None:
     files = segs(store)
     assert [f.parent for f in files] == [tmp_path / "deadletter"]
     assert len(files[0].stem) == 20 and files[0].stem.isdigit()
-    assert [json.loads(x) for x in files[0].read_bytes().splitlines()] == recs
+    assert [{**json.loads(x), "id": f"{files[0].stem}:{n}"} for n, x in enumerate(files[0].read_bytes().splitlines(), 1)] == recs
 
 
 def test_sink_rejection_without_location(tmp_path: Path) -> None:

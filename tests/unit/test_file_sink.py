@@ -1,7 +1,10 @@
-"""Unit tests for agent.sinks.file.sink: zstd NDJSON files, rotation, temp names, crash recovery, ENOSPC."""
+"""Unit tests for agent.sinks.file.sink: zstd NDJSON files, rotation, temp names, crash recovery, and the
+sink contract (encode -> requests, one-attempt send, classify: ENOSPC is Retry and the retry appends to a
+clean end; a permission error is Blocked)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import errno
 import os
@@ -9,12 +12,19 @@ import random
 import re
 import shutil
 import subprocess
+import time
 import types
 from pathlib import Path
 
 import pytest
 import zstandard
 
+from agent.checkpoint.ledger import Ledger
+from agent.deadletter.store import DeadLetterStore
+from agent.delivery.config import BatchConfig, RetryConfig
+from agent.delivery.contract import Blocked, Delivered, Reply, Request, Retry
+from agent.delivery.engine import SinkRunner
+from agent.model import Chunk
 from agent.sinks.file import sink as sink_mod
 from agent.sinks.file.config import FileSinkConfig
 from agent.sinks.file.sink import FileSink, valid_prefix
@@ -61,6 +71,22 @@ def temps(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.name.startswith("."))
 
 
+def encode_one(sink: FileSink, records: list[bytes]) -> Request:
+    """The file sink encodes a batch as exactly one request covering every record."""
+    requests = sink.encode(records)
+    assert len(requests) == 1
+    (req,) = requests
+    assert list(req.indices) == list(range(len(records)))
+    return req
+
+
+async def ship(sink: FileSink, records: list[bytes]) -> None:
+    """Encode, send (one attempt) and classify, as the engine does; the write must be Delivered."""
+    for req in sink.encode(records):
+        reply = await sink.send(req)
+        assert isinstance(reply, Reply) and isinstance(sink.classify(req, reply), Delivered)
+
+
 def frames_of(data: bytes) -> list[bytes]:
     """Split concatenated zstd frames."""
     out = []
@@ -84,7 +110,7 @@ async def test_finished_file_decompresses_to_exact_ndjson(tmp_path: Path) -> Non
     lines = corpus_lines()
     batches = [lines[i : i + 37] for i in range(0, len(lines), 37)]
     for b in batches:
-        await sink.send(sink.encode(b))
+        await ship(sink, b)
     # before close: only a hidden temp file
     assert finished(out) == []
     (tmp,) = temps(out)
@@ -112,10 +138,10 @@ async def test_zstd_cli_integrity_check(tmp_path: Path) -> None:
         pytest.skip("zstd command not installed")
     sink = FileSink(cfg(tmp_path, compression_level=19))
     for i in range(5):
-        await sink.send(sink.encode([b'{"i":%d}' % i]))
+        await ship(sink, [b'{"i":%d}' % i])
     await sink.aclose()
     (final,) = finished(tmp_path)
-    subprocess.run([ZSTD, "-t", "-q", str(final)], check=True, timeout=30)
+    await asyncio.to_thread(subprocess.run, [ZSTD, "-t", "-q", str(final)], check=True, timeout=30)
     assert zstd_lib_decompress(final) == b"".join(b'{"i":%d}\n' % i for i in range(5))
 
 
@@ -137,9 +163,9 @@ async def test_rotation_by_size_names_sort_by_time(tmp_path: Path) -> None:
         # hardly compressible records, so files reach rotate_bytes quickly
         batch = [b'{"i":%d,"j":%d,"blob":"%s"}' % (i, j, base64.b64encode(rnd.randbytes(3000))) for j in range(20)]
         batches.append(batch)
-        payload = sink.encode(batch)
-        max_payload = max(max_payload, len(payload))
-        await sink.send(payload)
+        req = encode_one(sink, batch)
+        max_payload = max(max_payload, len(req.payload))
+        await sink.send(req)
     await sink.aclose()
     files = finished(tmp_path)
     assert len(files) >= 3
@@ -161,16 +187,16 @@ async def test_rotation_by_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     now = [1000.0]
     monkeypatch.setattr(sink_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     sink = FileSink(cfg(tmp_path, rotate_age_s=60))
-    await sink.send(sink.encode([b'{"a":1}']))
+    await ship(sink, [b'{"a":1}'])
     now[0] += 59.9
     sink.finish_if_old()
     assert finished(tmp_path) == []
     now[0] += 0.1
     sink.finish_if_old()
     assert len(finished(tmp_path)) == 1 and temps(tmp_path) == []
-    await sink.send(sink.encode([b'{"a":2}']))
+    await ship(sink, [b'{"a":2}'])
     now[0] += 61
-    await sink.send(sink.encode([b'{"a":3}']))  # an old file is finished before appending
+    await ship(sink, [b'{"a":3}'])  # an old file is finished before appending
     await sink.aclose()
     files = finished(tmp_path)
     assert [zstd_lib_decompress(f) for f in files] == [b'{"a":1}\n', b'{"a":2}\n', b'{"a":3}\n']
@@ -179,7 +205,7 @@ async def test_rotation_by_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.asyncio
 async def test_compression_none_writes_plain_ndjson(tmp_path: Path) -> None:
     sink = FileSink(cfg(tmp_path, compression="none"))
-    await sink.send(sink.encode([b'{"a":1}', b'{"b":2}']))
+    await ship(sink, [b'{"a":1}', b'{"b":2}'])
     (tmp,) = temps(tmp_path)
     assert tmp.name.endswith(".ndjson.tmp") and tmp.name.startswith(".audit-")
     await sink.aclose()
@@ -230,10 +256,10 @@ async def test_recovery_after_crash_of_a_real_sink(tmp_path: Path) -> None:
     sink = FileSink(cfg(tmp_path))
     batches = [[b'{"n":%d}' % (i * 10 + j) for j in range(10)] for i in range(4)]
     for b in batches:
-        await sink.send(sink.encode(b))
+        await ship(sink, b)
     (tmp,) = temps(tmp_path)
     # crash: the process dies mid-append of a fifth batch
-    torn = sink.encode([b'{"n":"torn"}'] * 50)
+    torn = encode_one(sink, [b'{"n":"torn"}'] * 50).payload
     os.close(sink._fd)  # type: ignore[arg-type]
     with tmp.open("ab") as fh:
         fh.write(torn[: len(torn) // 2])
@@ -243,7 +269,7 @@ async def test_recovery_after_crash_of_a_real_sink(tmp_path: Path) -> None:
     assert zstd_lib_decompress(final) == ndjson(batches)
     assert zstd_cli_decompress(final) == ndjson(batches)
     # the recovered sink writes new files next to it
-    await again.send(again.encode([b'{"after":1}']))
+    await ship(again, [b'{"after":1}'])
     await again.aclose()
     files = finished(tmp_path)
     assert len(files) == 2
@@ -265,7 +291,7 @@ def test_recovery_cuts_garbage_after_good_frames(tmp_path: Path, garbage: bytes)
 
 
 def test_recovery_cuts_a_valid_frame_not_ending_in_newline(tmp_path: Path) -> None:
-    frames, plains = good_frames(2)
+    frames, _ = good_frames(2)
     odd = zstandard.ZstdCompressor(write_checksum=True).compress(b'{"half":')
     (tmp_path / TMP_NAME).write_bytes(b"".join(frames) + odd)
     FileSink(cfg(tmp_path))
@@ -348,25 +374,29 @@ class FailingWrite:
 
 @pytest.mark.parametrize("partial", [0, 1, 50])
 @pytest.mark.asyncio
-async def test_enospc_leaves_no_partial_frame_and_retry_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partial: int) -> None:
+async def test_enospc_is_retry_leaves_no_partial_frame_and_the_retry_appends_to_a_clean_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partial: int) -> None:
     sink = FileSink(cfg(tmp_path))
     first = [b'{"n":%d}' % i for i in range(20)]
-    await sink.send(sink.encode(first))
+    await ship(sink, first)
     (tmp,) = temps(tmp_path)
     size_before = tmp.stat().st_size
     second = [b'{"m":%d,"pad":"%s"}' % (i, b"z" * 40) for i in range(30)]
-    payload = sink.encode(second)
-    assert len(payload) > partial
+    req = encode_one(sink, second)
+    assert len(req.payload) > partial
     fake = FailingWrite(lambda: sink._fd, partial)
     monkeypatch.setattr(sink_mod.os, "write", fake)
     with pytest.raises(OSError) as ei:
-        await sink.send(payload)
+        await sink.send(req)
     assert ei.value.errno == errno.ENOSPC
     assert fake.calls >= 1 and not fake.armed
+    outcome = sink.classify(req, ei.value)
+    assert isinstance(outcome, Retry), outcome
+    assert "ENOSPC" in outcome.reason and str(tmp_path) in outcome.reason
     # the file holds only whole frames: nothing of the failed batch
     assert tmp.stat().st_size == size_before
     assert valid_prefix(tmp, compressed=True) == size_before
-    await sink.send(payload)  # the retry (the fake now passes writes through)
+    reply = await sink.send(req)  # the retry (the fake now passes writes through)
+    assert isinstance(sink.classify(req, reply), Delivered)
     await sink.aclose()
     monkeypatch.undo()
     (final,) = finished(tmp_path)
@@ -379,21 +409,140 @@ async def test_enospc_on_first_write_of_a_file(tmp_path: Path, monkeypatch: pyte
     sink = FileSink(cfg(tmp_path))
     fake = FailingWrite(lambda: sink._fd)
     monkeypatch.setattr(sink_mod.os, "write", fake)
-    payload = sink.encode([b'{"x":1}'])
-    with pytest.raises(OSError):
-        await sink.send(payload)
+    req = encode_one(sink, [b'{"x":1}'])
+    with pytest.raises(OSError) as ei:
+        await sink.send(req)
+    assert isinstance(sink.classify(req, ei.value), Retry)
     (tmp,) = temps(tmp_path)
     assert tmp.stat().st_size == 0
-    await sink.send(payload)
+    await sink.send(req)
     await sink.aclose()
     monkeypatch.undo()
     (final,) = finished(tmp_path)
     assert zstd_lib_decompress(final) == b'{"x":1}\n'
 
 
+@pytest.mark.asyncio
+async def test_enospc_on_fsync_is_cut_back_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The write went through but the fsync reports ENOSPC (delayed allocation): the frame is taken out."""
+    sink = FileSink(cfg(tmp_path))
+    await ship(sink, [b'{"k":1}'])
+    (tmp,) = temps(tmp_path)
+    size_before = tmp.stat().st_size
+    real_fsync = os.fsync
+    armed = [True]
+
+    def fsync(fd: int) -> None:
+        if armed[0] and fd == sink._fd:
+            armed[0] = False
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(sink_mod.os, "fsync", fsync)
+    req = encode_one(sink, [b'{"k":2}'])
+    with pytest.raises(OSError) as ei:
+        await sink.send(req)
+    assert isinstance(sink.classify(req, ei.value), Retry)
+    assert tmp.stat().st_size == size_before
+    await sink.send(req)
+    await sink.aclose()
+    monkeypatch.undo()
+    (final,) = finished(tmp_path)
+    assert zstd_lib_decompress(final) == b'{"k":1}\n{"k":2}\n'
+
+
+@pytest.mark.parametrize(
+    ("err", "kind"),
+    [
+        (errno.ENOSPC, Retry),
+        (errno.EDQUOT, Retry),
+        (errno.EIO, Retry),
+        (errno.EINTR, Retry),
+        (errno.EACCES, Blocked),
+        (errno.EROFS, Blocked),
+        (errno.ENOENT, Blocked),
+    ],
+)
+def test_classify_os_errors(tmp_path: Path, err: int, kind: type) -> None:
+    sink = FileSink(cfg(tmp_path))
+    req = encode_one(sink, [b'{"a":1}'])
+    outcome = sink.classify(req, OSError(err, os.strerror(err)))
+    assert isinstance(outcome, kind), outcome
+    assert errno.errorcode[err] in outcome.reason and str(tmp_path) in outcome.reason
+
+
+def test_classify_reply_and_other_exceptions(tmp_path: Path) -> None:
+    sink = FileSink(cfg(tmp_path))
+    req = encode_one(sink, [b'{"a":1}'])
+    assert isinstance(sink.classify(req, Reply(200, {}, b"")), Delivered)
+    other = sink.classify(req, RuntimeError("boom"))
+    assert isinstance(other, Retry) and "RuntimeError" in other.reason
+    assert sink.split(req, [b'{"a":1}']) == []  # a local file has no request size limit
+    assert sink.max_concurrency == 1
+
+
 def test_encode_is_one_checksummed_frame(tmp_path: Path) -> None:
     sink = FileSink(cfg(tmp_path, compression_level=1))
-    payload = sink.encode([b"a", b"b"])
-    assert zstandard.get_frame_parameters(payload).has_checksum
-    assert zstandard.ZstdDecompressor().decompress(payload) == b"a\nb\n"
-    assert FileSink(cfg(tmp_path / "p", compression="none")).encode([b"a", b"b"]) == b"a\nb\n"
+    req = encode_one(sink, [b"a", b"b"])
+    assert req.raw_bytes == 4
+    assert zstandard.get_frame_parameters(req.payload).has_checksum
+    assert zstandard.ZstdDecompressor().decompress(req.payload) == b"a\nb\n"
+    plain = encode_one(FileSink(cfg(tmp_path / "p", compression="none")), [b"a", b"b"])
+    assert plain.payload == b"a\nb\n" and plain.raw_bytes == 4
+
+
+@pytest.mark.asyncio
+async def test_engine_retries_enospc_and_each_batch_lands_once_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the real SinkRunner: the disk is full for a while (some writes partial); the runner
+    retries; the file ends up with every batch exactly once, whole frames, in order, all acknowledged."""
+    out, state = tmp_path / "out", tmp_path / "state"
+    sink = FileSink(cfg(out))
+    rnd = random.Random(5)
+    real_write = os.write
+    failures = {"left": 6, "short": False}
+
+    def write(fd: int, data) -> int:  # type: ignore[no-untyped-def]
+        """The disk fills: sometimes a short write first, then ENOSPC on the next call."""
+        if fd != sink._fd or failures["left"] == 0:
+            return real_write(fd, data)
+        if failures["short"]:
+            failures["short"] = False
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if rnd.random() < 0.5:
+            return real_write(fd, data)
+        n = rnd.choice([0, 1, len(data) // 2])
+        if n:
+            failures["short"] = True
+            return real_write(fd, bytes(data)[:n])
+        failures["left"] -= 1
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sink_mod.os, "write", write)
+    lines = corpus_lines()[:120]
+    ends, pos = [], 0
+    for line in lines:
+        pos += len(line) + 1
+        ends.append(pos)
+    chunks = [Chunk(1, 0 if i == 0 else ends[i - 1], ends[i + 9], list(lines[i : i + 10]), ends[i : i + 10], time.monotonic()) for i in range(0, 120, 10)]
+    ledger = Ledger(["archive"])
+    ledger.open(1, 0)
+    dl = DeadLetterStore(state, max_bytes=MiB, max_event_bytes=MiB)
+    try:
+        runner = SinkRunner(sink, batch=BatchConfig(max_events=10, max_bytes=MiB, max_wait_ms=3_600_000), retry=RetryConfig(initial_ms=1, max_ms=5), concurrency=4, ledger=ledger, deadletter=dl)
+        task = asyncio.get_running_loop().create_task(runner.run())
+        for c in chunks:
+            runner.queue.put_nowait(c)
+        await runner.stop()
+        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(runner.finish(None), 10)
+        await sink.aclose()
+    finally:
+        dl.close()
+    monkeypatch.undo()
+    assert failures["left"] == 0 and runner.retries == 6
+    assert runner.last_error is not None and "ENOSPC" in runner.last_error
+    assert ledger.offset(1) == ends[-1]
+    (final,) = finished(out)
+    assert zstd_lib_decompress(final) == b"".join(line + b"\n" for line in lines)
+    assert len(frames_of(final.read_bytes())) == len(chunks)

@@ -1,0 +1,46 @@
+"""Launcher for the spool SIGKILL torture test: the real Agent, with every sink whose name starts with
+"flaky" replaced by a FaultSink that POSTs to URL (the test's FaultServer); other sinks are built from
+the config as `kube-audit-shipper run` builds them. The "flaky" entries of the config give the engine
+their retry, spool, batch and concurrency settings.
+
+usage: python -m tests.torture.fault_agent CONFIG URL [--once] [--timeout SECONDS]
+
+Exit code: the Agent's (0 after SIGTERM/SIGINT or a finished --once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from agent.app import Agent
+from agent.config import load
+from agent.obs import logs
+from agent.sinks.registry import build_sink
+from tests.support.fault_sink import FaultSink
+
+
+def build_sinks(cfg: Any, url: str, timeout: float) -> list[Any]:
+    return [
+        FaultSink(s.name, url, timeout=timeout) if s.name.startswith("flaky") else build_sink(s, node=cfg.node, state_dir=cfg.state_dir)
+        for s in cfg.sinks
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fault_agent")
+    p.add_argument("config")
+    p.add_argument("url")
+    p.add_argument("--once", action="store_true")
+    p.add_argument("--timeout", type=float, default=2.0, help="FaultSink HTTP timeout")
+    args = p.parse_args(argv)
+    logs.setup("warning", "text")
+    cfg = load(args.config)
+    return asyncio.run(Agent(cfg, sinks=build_sinks(cfg, args.url, args.timeout)).run(once=args.once))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
