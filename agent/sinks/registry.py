@@ -7,12 +7,21 @@ when a sink of that type is configured, so a missing optional dependency of an u
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from typing import Any, Union
 
 from agent.sinks.file.config import FileSinkConfig
+from agent.sinks.loki.config import LokiSinkConfig
+from agent.sinks.s3.config import S3SinkConfig
+from agent.sinks.sls.config import SlsSinkConfig
 
-SINK_CONFIGS: dict[str, type] = {"file": FileSinkConfig}
-SINK_IMPLEMENTATIONS: dict[str, str] = {"file": "agent.sinks.file.sink:FileSink"}
+SINK_CONFIGS: dict[str, type] = {"file": FileSinkConfig, "sls": SlsSinkConfig, "loki": LokiSinkConfig, "s3": S3SinkConfig}
+SINK_IMPLEMENTATIONS: dict[str, str] = {
+    "file": "agent.sinks.file.sink:FileSink",
+    "sls": "agent.sinks.sls.sink:SlsSink",
+    "loki": "agent.sinks.loki.sink:LokiSink",
+    "s3": "agent.sinks.s3.sink:S3Sink",
+}
 
 SinkConfig = Union[tuple(SINK_CONFIGS.values())]  # type: ignore[valid-type]  # a tagged union on `type`
 
@@ -21,10 +30,17 @@ def sink_type(cfg: Any) -> str:
     return str(type(cfg).__struct_config__.tag)
 
 
-def build_sink(cfg: Any, *, node: str, state_dir: str) -> Any:
+# context a sink type needs beyond (cfg, node, state_dir): the SLS `__path__` tag names the input paths
+SINK_CONTEXT: dict[str, tuple[str, ...]] = {"sls": ("input_paths",)}
+
+
+def build_sink(cfg: Any, *, node: str, state_dir: str, input_paths: Sequence[str] = ()) -> Any:
     """Import the configured sink's implementation (only now) and build it: `XSink(cfg, node=, state_dir=)`.
 
     `state_dir` is the agent's; a sink that keeps files of its own (S3 staging) uses `<state_dir>/<kind>/<name>`.
     """
-    module, _, attr = SINK_IMPLEMENTATIONS[sink_type(cfg)].partition(":")
-    return getattr(importlib.import_module(module), attr)(cfg, node=node, state_dir=state_dir)
+    kind = sink_type(cfg)
+    module, _, attr = SINK_IMPLEMENTATIONS[kind].partition(":")
+    context = {"input_paths": tuple(input_paths)}
+    extra = {k: context[k] for k in SINK_CONTEXT.get(kind, ())}
+    return getattr(importlib.import_module(module), attr)(cfg, node=node, state_dir=state_dir, **extra)
