@@ -88,6 +88,11 @@ class Agent:
         self.started = time.monotonic()
         self.tailer: Tailer | None = None
         self.runners: list[SinkRunner] = []
+        self.ledger: Ledger | None = None
+        self._runner_tasks: dict[SinkRunner, asyncio.Task[None]] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # runners replaced or removed by a reload, finishing
+        self._failure: asyncio.Future[BaseException] | None = None
+        self.restart_with: Config | None = None  # set when a reload needs a new pipeline after this one stops
         self.processor: LineProcessor | None = None
         self.deadletter: DeadLetterStore | None = None
         self.store = CheckpointStore(cfg.state_dir)
@@ -106,26 +111,9 @@ class Agent:
         sinks = self._sinks_override if self._sinks_override is not None else [build_sink(s, node=cfg.node, state_dir=cfg.state_dir, input_paths=cfg.input.paths) for s in cfg.sinks]
         by_name = {s.name: s for s in cfg.sinks}
         ledger = Ledger([s.name for s in sinks], on_advance=self._on_advance)
+        self.ledger = ledger
         for sink in sinks:
-            scfg = by_name.get(sink.name)
-            spool = None
-            if scfg is not None and scfg.spool is not None:
-                spool = Spool(Path(cfg.state_dir) / "spool" / sink.name, max_bytes=scfg.spool.max_bytes, segment_bytes=scfg.spool.segment_bytes)
-                if spool.unacked_count:
-                    log.info("spool holds batches from a previous run; sending them first", extra={"sink": sink.name, "batches": spool.unacked_count})
-            self.runners.append(
-                SinkRunner(
-                    sink,
-                    batch=cfg.batch_for(scfg) if scfg is not None else cfg.batch,
-                    retry=scfg.retry if scfg is not None else RetryConfig(),
-                    concurrency=scfg.concurrency if scfg is not None else 1,
-                    ledger=ledger,
-                    deadletter=self.deadletter,
-                    metrics=self.metrics,
-                    spool=spool,
-                    path_of=self._path_of,
-                )
-            )
+            self.runners.append(self._make_runner(sink, by_name.get(sink.name), cfg, open_spool=True))
         self.tailer = Tailer(
             cfg.input,
             entries=entries,
@@ -136,6 +124,120 @@ class Agent:
             forget_after_s=cfg.checkpoint.forget_after_s,
         )
         self.metrics.bind(self.metrics_state)
+
+    def _start_runner(self, runner: SinkRunner) -> None:
+        task = asyncio.get_running_loop().create_task(runner.run(), name=f"sink:{runner.name}")
+        self._runner_tasks[runner] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None and self._failure is not None and not self._failure.done():
+                self._failure.set_result(t.exception())  # type: ignore[arg-type]
+
+        task.add_done_callback(done)
+
+    async def _retire(self, runner: SinkRunner, *, then: Callable[[], Any] | None = None, replaced: bool = False) -> None:
+        """Stop a runner a reload replaced or removed: it batches what it has queued, delivers its
+        batches in flight (its acknowledgements still count), closes its spool and its sink. A replaced
+        runner that cannot deliver everything within shutdown_timeout_s (its sink is failing, which is
+        often why the config changed) would leave ranges nobody acknowledges: then the whole pipeline
+        restarts from its checkpoint with the new config instead, which re-reads exactly those."""
+        try:
+            deadline = time.monotonic() + self.cfg.shutdown_timeout_s
+            await runner.stop()
+            task = self._runner_tasks.pop(runner)
+            _, pending = await asyncio.wait([task], timeout=_left(deadline))
+            for t in pending:  # its batcher waits for a slot a failing request holds
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+            abandoned = await runner.finish(_left(deadline))
+            await runner.sink.aclose()
+            if replaced and (abandoned or pending):
+                log.warning(
+                    "a sink changed by a reload could not deliver its batches in time; the pipeline restarts from its checkpoint",
+                    extra={"sink": runner.name, "batches": abandoned},
+                )
+                self.restart_with = self.cfg
+                self.stop_event.set()
+                return
+        except Exception:
+            log.exception("stopping a sink replaced by a reload failed", extra={"sink": runner.name})
+        if then is not None:
+            then()
+
+    def _spawn_retire(self, runner: SinkRunner, then: Callable[[], Any] | None = None, *, replaced: bool = False) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(self._retire(runner, then=then, replaced=replaced), name=f"retire:{runner.name}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return task
+
+    async def apply(self, new: Config, transform: Transform | None) -> bool:
+        """Take a reloaded config while running. Unchanged sinks and the reader keep running.
+        False when the change needs a new pipeline (state_dir, metrics, checkpoint, dead-letter,
+        node name): the caller restarts it from its checkpoint."""
+        old = self.cfg
+        keep = ("state_dir", "node_name", "metrics", "checkpoint", "deadletter")
+        if any(getattr(old, k) != getattr(new, k) for k in keep) or self.tailer is None or self.processor is None or self.ledger is None:
+            return False
+        self.processor.transform = transform  # the next chunk the reader processes uses it
+        if new.input != old.input:
+            self.tailer.reconfigure(new.input)
+        if new.memory_limit_bytes != old.memory_limit_bytes:
+            self.budget.limit = new.memory_limit_bytes
+            self.budget.release(0)  # wake the reader if the limit went up
+        old_by = {s.name: s for s in old.sinks}
+        new_by = {s.name: s for s in new.sinks}
+        changes = []
+        for runner in list(self.runners):
+            scfg = new_by.get(runner.name)
+            if scfg is None:  # removed: checkpoints stop waiting for it once its batches in flight are done
+                self.runners.remove(runner)
+                self._spawn_retire(runner, then=lambda name=runner.name: self.ledger.remove_sink(name))  # type: ignore[union-attr]
+                changes.append(f"-{runner.name}")
+            elif scfg != old_by.get(runner.name) or new.batch_for(scfg) != old.batch_for(old_by.get(runner.name)):
+                # changed: a new runner takes the chunks from now on; the old one finishes what it has
+                fresh = self._make_runner(build_sink(scfg, node=new.node, state_dir=new.state_dir, input_paths=new.input.paths), scfg, new, open_spool=False)
+                self.runners[self.runners.index(runner)] = fresh
+                self._spawn_retire(runner, then=lambda fresh=fresh, scfg=scfg: self._open_spool_and_start(fresh, scfg, new), replaced=True)
+                changes.append(f"~{runner.name}")
+        for name, scfg in new_by.items():
+            if name not in old_by:  # added: it gets the events read from now on
+                fresh = self._make_runner(build_sink(scfg, node=new.node, state_dir=new.state_dir, input_paths=new.input.paths), scfg, new, open_spool=True)
+                self.ledger.add_sink(name, self.tailer.emitted_offsets())
+                self.runners.append(fresh)
+                self._start_runner(fresh)
+                changes.append(f"+{name}")
+        self.cfg = new
+        log.info("config applied while running", extra={"sinks": " ".join(changes) or "unchanged", "input_changed": new.input != old.input})
+        return True
+
+    def _open_spool_and_start(self, runner: SinkRunner, scfg: Any, cfg: Config) -> None:
+        """The replaced runner released its spool: the new one opens it and starts."""
+        if runner in self.runners:
+            self._open_spool(runner, scfg, cfg)
+            self._start_runner(runner)
+
+    def _make_runner(self, sink: Any, scfg: Any, cfg: Config, *, open_spool: bool) -> SinkRunner:
+        runner = SinkRunner(
+            sink,
+            batch=cfg.batch_for(scfg) if scfg is not None else cfg.batch,
+            retry=scfg.retry if scfg is not None else RetryConfig(),
+            concurrency=scfg.concurrency if scfg is not None else 1,
+            ledger=self.ledger,
+            deadletter=self.deadletter,  # type: ignore[arg-type]
+            metrics=self.metrics,
+            path_of=self._path_of,
+        )
+        if open_spool:
+            self._open_spool(runner, scfg, cfg)
+        return runner
+
+    def _open_spool(self, runner: SinkRunner, scfg: Any, cfg: Config) -> None:
+        if scfg is None or scfg.spool is None:
+            return
+        spool = Spool(Path(cfg.state_dir) / "spool" / runner.name, max_bytes=scfg.spool.max_bytes, segment_bytes=scfg.spool.segment_bytes)
+        if spool.unacked_count:
+            log.info("spool holds batches from a previous run; sending them first", extra={"sink": runner.name, "batches": spool.unacked_count})
+        runner.spool = spool
 
     def _path_of(self, fid: int) -> str | None:
         tf = self.tailer.files.get(fid) if self.tailer is not None else None
@@ -267,7 +369,9 @@ class Agent:
             # before anything is read, so a crash now cannot make the next start a "first start" again
             self.tailer.scan()
             await self.write_checkpoint()
-            runner_tasks = [loop.create_task(r.run(), name=f"sink:{r.name}") for r in self.runners]
+            self._failure = loop.create_future()
+            for r in self.runners:
+                self._start_runner(r)
             background = [loop.create_task(self._checkpoint_loop(), name="checkpoints"), loop.create_task(self._file_sink_timer(), name="file-sink-timer")]
             tail_task = loop.create_task(self.tailer.run(self.stop_event, once=once), name="tailer")
             self.ready = True
@@ -276,19 +380,19 @@ class Agent:
                 self.notifier.status(self.status_line())
             if on_ready is not None:
                 on_ready(self)
-            done, _ = await asyncio.wait([tail_task, *runner_tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t.exception() is not None:
-                    raise t.exception()  # type: ignore[misc]
-            if not tail_task.done():
-                self.stop_event.set()
-            await tail_task
+            await asyncio.wait([tail_task, self._failure], return_when=asyncio.FIRST_COMPLETED)
+            if self._failure.done():
+                raise self._failure.result()
+            tail_task.result()
             await self.write_checkpoint()  # the first-start offsets and whatever is acknowledged so far
             for r in self.runners:
                 await r.stop()
             drain = once and not self.stop_event.is_set()  # --once: wait for every sink, spools included
             deadline = None if drain else time.monotonic() + self.cfg.shutdown_timeout_s
-            _, pending = await asyncio.wait(runner_tasks, timeout=_left(deadline))
+            if self._retiring:
+                await asyncio.wait(self._retiring, timeout=_left(deadline))
+            runner_tasks = list(self._runner_tasks.values())
+            _, pending = await asyncio.wait(runner_tasks, timeout=_left(deadline)) if runner_tasks else (set(), set())
             for t in pending:  # a batcher stuck handing off (spool full, no free slot)
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

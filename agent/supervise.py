@@ -3,13 +3,17 @@
 SIGTERM/SIGINT stop the agent cleanly (a second one forces). SIGHUP re-reads the config file and the
 policy it names and validates both first; an invalid new config is rejected with every error logged and
 counted (`kube_audit_shipper_config_reloads_total{result="failed"}`), and the old one keeps running.
-A valid one takes effect without losing or duplicating events:
-- only `policy`/`enrich` changed (or just the policy file's content): the new transform is swapped in
-  between two chunks; reading, sinks and in-flight batches go on untouched;
-- anything else (inputs, sinks, batching, ...): the running pipeline stops the way SIGTERM stops it
-  (in-flight batches finish, the final checkpoint is written), and a new one starts from that
+A valid one takes effect without losing or duplicating events (`Agent.apply`):
+- policy/enrichment (or just the policy file's content): the new transform is swapped in between two
+  chunks; inputs: globs re-evaluated at once; memory limit: changed in place;
+- sinks: an unchanged sink keeps running untouched; a changed one gets a new runner for the chunks
+  read from now on while the old one delivers what it already had (same acknowledgements); a removed
+  one finishes its batches in flight, then checkpoints stop waiting for it; an added one gets the
+  events read from now on;
+- state_dir, node_name, metrics, checkpoint or deadletter changed: the running pipeline stops the way
+  SIGTERM stops it (in-flight batches finish, final checkpoint) and a new one starts from that
   checkpoint with the new config, in the same process. Nothing acknowledged is re-sent and nothing
-  unacknowledged is checkpointed, so the swap neither loses nor duplicates events.
+  unacknowledged is checkpointed.
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ import asyncio
 import logging
 import signal
 from typing import Any
-
-import msgspec
 
 from agent.app import Agent, build_transform
 from agent.config import Config, load
@@ -38,6 +40,7 @@ class Service:
         self.agent: Agent | None = None
         self._next_cfg: Config | None = None
         self._reload_lock = asyncio.Lock()
+        self._stopping = False
 
     def _notify(self, method: str, *args: Any) -> None:
         if self.notifier is not None:
@@ -57,13 +60,10 @@ class Service:
                 return False
             agent = self.agent
             assert agent is not None
-            same_pipeline = msgspec.structs.replace(new, policy=self.cfg.policy, enrich=self.cfg.enrich) == self.cfg
-            if same_pipeline and agent.processor is not None:
-                agent.processor.transform = transform  # taken by the next chunk the reader processes
+            if await agent.apply(new, transform):
                 self.cfg = new
-                agent.cfg = new
                 self.metrics.config_reloads.labels("applied").inc()
-                log.info("reload: policy and enrichment swapped in place", extra={"config": self.config_path})
+                log.info("reload applied while running", extra={"config": self.config_path})
                 self._notify("ready")
             else:
                 self.metrics.config_reloads.labels("restarted").inc()
@@ -81,6 +81,8 @@ class Service:
             while True:
                 self.agent = Agent(self.cfg, metrics=self.metrics, notifier=self.notifier)
                 rc = await self.agent.run(once=once, install_signals=False)
+                if self._next_cfg is None and self.agent.restart_with is not None and not self._stopping:
+                    self._next_cfg = self.agent.restart_with
                 if self._next_cfg is None:
                     self._notify("stopping")
                     return rc
@@ -90,6 +92,7 @@ class Service:
                 loop.remove_signal_handler(sig)
 
     def _stop(self) -> None:
+        self._stopping = True
         self._next_cfg = None
         self._notify("stopping")
         if self.agent is not None:

@@ -50,6 +50,21 @@ class Ledger:
         self._files.pop(fid, None)
         self._offset.pop(fid, None)
 
+    def add_sink(self, sink: str, start: dict[int, int]) -> None:
+        """A sink added by a reload: its progress on each open file starts at `start[fid]` (what the
+        reader has already handed to the other sinks is not its to acknowledge)."""
+        self.sinks = (*self.sinks, sink)
+        for fid, progress in self._files.items():
+            progress[sink] = _Progress(max(start.get(fid, 0), self._offset[fid]))
+
+    def remove_sink(self, sink: str) -> None:
+        """A sink removed by a reload: checkpoints no longer wait for it."""
+        self.sinks = tuple(s for s in self.sinks if s != sink)
+        for fid, progress in self._files.items():
+            progress.pop(sink, None)
+            if progress:
+                self._recompute(fid, progress)
+
     def offset(self, fid: int) -> int | None:
         return self._offset.get(fid)
 

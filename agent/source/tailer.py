@@ -45,6 +45,7 @@ class TrackedFile:
     drained_at: int | None = None  # offset where a rotated/deleted file ended
     waiting: bool = False  # live file at EOF (or gzip still being written)
     inflight: deque[tuple[int, int]] = field(default_factory=deque)  # (chunk end, bytes charged)
+    emitted_end: int = 0  # end of everything handed to the sinks or acknowledged without records
 
     @property
     def done(self) -> bool:
@@ -344,6 +345,7 @@ class Tailer:
         return progressed
 
     async def _dispatch(self, tf: TrackedFile, chunk: Chunk) -> None:
+        tf.emitted_end = chunk.end
         if chunk.records:
             self.budget.charge(chunk.nbytes)
             tf.inflight.append((chunk.end, chunk.nbytes))
@@ -367,6 +369,7 @@ class Tailer:
             self.processor.deadletter.add(reason="incomplete last line of a rotated file", sink=None, path=tf.entry.path, offset=tf.reader.consumed, length=tf.reader.read_pos - tf.reader.consumed, event=None)
             self.processor.count("deadletter:incomplete")
             end = tf.reader.read_pos
+            tf.emitted_end = end
             self.ledger.ack_all(tf.fid, tf.reader.consumed, end)
         else:
             end = tf.reader.consumed
@@ -427,6 +430,18 @@ class Tailer:
     def at_risk(self) -> list[str]:
         """Files being read that are the oldest backup of their family on disk (next to be deleted)."""
         return [tf.entry.path for tf in self.next_per_family() if tf.rank[0] == 0 and self._oldest_backup.get(tf.family) == tf.entry.path]
+
+    def reconfigure(self, cfg: InputConfig) -> None:
+        """New input settings from a reload: globs are re-evaluated at the next look; files that no
+        longer match are read to their end and closed; readers already open keep their chunk sizes."""
+        self.cfg = cfg
+        if self.hints is not None:
+            self.hints.rescan = True
+            self.hints.wake.set()
+
+    def emitted_offsets(self) -> dict[int, int]:
+        """Per open file, the end of what has been handed to the sinks (where a new sink starts)."""
+        return {fid: max(tf.emitted_end, tf.entry.offset) for fid, tf in self.files.items()}
 
     def bytes_behind(self) -> dict[str, int]:
         return {tf.entry.path: max(0, tf.size - tf.entry.offset) for tf in self.files.values() if not tf.entry.complete and not tf.entry.gzip}
