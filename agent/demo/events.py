@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from urllib.parse import quote
 
 import msgspec
+from agent.demo.objects import POD_CONDITIONS, POD_TABLE, deployment_object, fields_set, managed_field, pod_object, status_body, table_row
 
 __all__ = ["DEFAULT_START_TIME", "AuditEventGenerator", "EventMix"]
 
@@ -48,22 +49,12 @@ _DISCOVERY = _RBAC.format("system:discovery", "system:discovery", 'Group "system
 _WATCHQ = "allowWatchBookmarks=true{}&resourceVersion={}&timeout={}m{}s&timeoutSeconds={}&watch=true"
 _ALPHA = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet of generated Kubernetes name suffixes
 _COND = ("MemoryPressure", "DiskPressure", "PIDPressure", "Ready")
-_PCOND = ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")
 _PUBLIC = ("81.2.69.", "34.118.20.", "52.14.203.", "2.125.160.", "185.199.110.")
 _GVS = ("apps/v1", "batch/v1", "discovery.k8s.io/v1", "networking.k8s.io/v1", "metrics.k8s.io/v1beta1",
         "coordination.k8s.io/v1", "policy/v1", "rbac.authorization.k8s.io/v1", "cert-manager.io/v1")
 _CONTROLLERS = ("endpointslice-controller", "replicaset-controller", "deployment-controller", "namespace-controller",
                 "generic-garbage-collector", "resourcequota-controller", "endpoint-controller")
 _POD_ACTORS = ("coredns", "prometheus", "argocd-application-controller", "metrics-server")
-_ENV = (("LOG_LEVEL", "info"), ("LOG_FORMAT", "json"), ("GOMAXPROCS", "2"), ("HTTP_PORT", "{port}"),
-        ("METRICS_PORT", "9102"), ("SERVICE_NAME", "{app}"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector.monitoring:4317"),
-        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.05"),
-        ("DB_HOST", "postgres.{app}.svc.cluster.local"), ("DB_NAME", "{app}"), ("DB_USER", "{app}"),
-        ("REDIS_URL", "redis://redis.checkout.svc.cluster.local:6379/0"), ("FEATURE_FLAGS", "new-cart,fast-checkout"),
-        ("SHUTDOWN_GRACE_PERIOD", "25s"), ("HTTP_READ_TIMEOUT", "15s"), ("HTTP_WRITE_TIMEOUT", "15s"))
-_ENV_FIELDS = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"), ("NODE_NAME", "spec.nodeName"),
-               ("POD_IP", "status.podIP"))
 # app, image, port, namespace, replicas
 _APPS = (("checkout-api", "registry.example.com/shop/checkout-api:2.14.1", 8080, "checkout", 6),
          ("payments-worker", "registry.example.com/shop/payments-worker:1.9.0", 9090, "payments", 4),
@@ -165,157 +156,6 @@ class _Tpl:
         for key, part in zip(self.keys, self.parts[1:], strict=True):
             out += (vals[key], part)
         return b"".join(out)
-
-
-def _fs(*paths: str) -> dict:
-    """A fieldsV1 set from ">"-separated paths; a nested map gets "." (owned as a whole) unless it is a list."""
-    root: dict = {}
-    for path in paths:
-        node = root
-        for seg in path.split(">"):
-            node = node.setdefault(seg if seg[:2] == "k:" else "f:" + seg, {})
-
-    def dot(node: dict, depth: int) -> dict:
-        out = {k: dot(node[k], depth + 1) for k in sorted(node)}  # structured-merge-diff writes keys sorted
-        return {".": {}} | out if depth > 1 and out and not any(k[:2] == "k:" for k in out) else out
-    return dot(root, 0)
-
-
-def _mf(manager: str, op: str, api: str, fset: dict, sub: str = "") -> dict:
-    entry = {"manager": manager, "operation": op, "apiVersion": api, "time": "@@ts@@", "fieldsType": "FieldsV1",
-             "fieldsV1": fset}
-    return entry | {"subresource": sub} if sub else entry
-
-
-def _pod_spec(app: str, image: str, port: int, scheduled: bool) -> dict:
-    """The spec of an app's pod: the app container with an Envoy sidecar, as a Helm chart would render it."""
-    env = [{"name": n, "value": v.format(app=app, port=port)} for n, v in _ENV]
-    env += [{"name": n, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": p}}} for n, p in _ENV_FIELDS]
-    env.append({"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": app + "-credentials",
-                                                                      "key": "password"}}})
-    probe = {"httpGet": {"path": "/healthz", "port": port, "scheme": "HTTP"}, "timeoutSeconds": 1, "periodSeconds": 10,
-             "successThreshold": 1, "failureThreshold": 3}
-    common = {"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File",
-              "imagePullPolicy": "IfNotPresent", "securityContext": {
-                  "runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-                  "capabilities": {"drop": ["ALL"]}}}
-    main = {"name": app, "image": image, "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-            "env": env, "resources": {"limits": {"cpu": "1", "memory": "512Mi"},
-                                      "requests": {"cpu": "250m", "memory": "256Mi"}},
-            "volumeMounts": [{"name": "config", "readOnly": True, "mountPath": "/etc/" + app}],
-            "livenessProbe": probe, "readinessProbe": probe} | common
-    envoy = {"name": "envoy", "image": "envoyproxy/envoy:v1.32.1", "args": [
-        "--config-path", "/etc/envoy/envoy.yaml", "--service-cluster", app, "--log-level", "warn"],
-        "ports": [{"name": "admin", "containerPort": 9901, "protocol": "TCP"}],
-        "resources": {"limits": {"memory": "128Mi"}, "requests": {"cpu": "50m", "memory": "64Mi"}},
-        "volumeMounts": [{"name": "envoy", "readOnly": True, "mountPath": "/etc/envoy"}]} | common
-    spec = {"volumes": [{"name": v, "configMap": {"name": f"{app}-{v}", "defaultMode": 420}}
-                        for v in ("config", "envoy")],
-            "containers": [main, envoy], "restartPolicy": "Always", "terminationGracePeriodSeconds": 30,
-            "dnsPolicy": "ClusterFirst", "serviceAccountName": app, "serviceAccount": app}
-    return spec | ({"nodeName": "@@node@@"} if scheduled else {}) | {
-        "securityContext": {"fsGroup": 2000}, "schedulerName": "default-scheduler", "tolerations": [
-            {"key": f"node.kubernetes.io/{k}", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
-            for k in ("not-ready", "unreachable")], "priority": 0, "enableServiceLinks": True,
-        "preemptionPolicy": "PreemptLowerPriority"}
-
-
-def _pod(app: str, image: str, port: int, *, full: bool, kind: bool = True) -> dict:
-    """A Pod as the ReplicaSet controller sends it (``full=False``) or as stored, with status and managedFields."""
-    meta = {"name": "@@name@@", "generateName": "@@rs@@-", "namespace": "@@ns@@"} | (
-        {"uid": "@@uid@@", "resourceVersion": "@@rv@@", "creationTimestamp": "@@ts@@"} if full else
-        {"creationTimestamp": None}) | {"labels": {"app": app, "pod-template-hash": "@@hash@@"}}
-    if full:
-        meta["annotations"] = {"cni.projectcalico.org/containerID": "@@cid@@", "cni.projectcalico.org/podIP":
-                               "@@podip@@/32", "cni.projectcalico.org/podIPs": "@@podip@@/32"}
-    meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "@@rs@@", "uid": "@@rsuid@@",
-                                "controller": True, "blockOwnerDeletion": True}]
-    obj = ({"kind": "Pod", "apiVersion": "v1"} if kind else {}) | {"metadata": meta,
-                                                                    "spec": _pod_spec(app, image, port, full)}
-    if not full:
-        return obj | {"status": {}}
-    ctr = [f'spec>containers>k:{{"name":"{c}"}}>{f}' for c in (app, "envoy") for f in (
-        "image", "imagePullPolicy", "ports", "resources", "securityContext", "terminationMessagePath", "volumeMounts")]
-    ctr += [f'spec>containers>k:{{"name":"{app}"}}>env>k:{{"name":"{n}"}}>{f}' for n, f in [
-        (n, f) for n, _ in _ENV for f in ("name", "value")] + [(n, f) for n in [*dict(_ENV_FIELDS), "DB_PASSWORD"]
-                                                              for f in ("name", "valueFrom")]]
-    meta["managedFields"] = [
-        _mf("kube-controller-manager", "Update", "v1", _fs(
-            "metadata>generateName", "metadata>labels>app", "metadata>labels>pod-template-hash",
-            'metadata>ownerReferences>k:{"uid":"@@rsuid@@"}', *ctr, *(f"spec>{f}" for f in (
-                "dnsPolicy", "enableServiceLinks", "restartPolicy", "schedulerName", "securityContext",
-                "serviceAccount", "terminationGracePeriodSeconds", "volumes")))),
-        _mf("calico", "Update", "v1", _fs(*(f"metadata>annotations>cni.projectcalico.org/{a}" for a in (
-            "containerID", "podIP", "podIPs"))), "status"),
-        _mf("kubelet", "Update", "v1", _fs(*(f'status>conditions>k:{{"type":"{t}"}}>{f}' for t in _PCOND for f in (
-            "lastProbeTime", "lastTransitionTime", "status", "type")), *(f"status>{f}" for f in (
-                "containerStatuses", "hostIP", "hostIPs", "phase", "podIP", "podIPs", "startTime"))), "status")]
-    return obj | {"status": {
-        "phase": "Running", "conditions": [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime":
-                                            "@@ts@@"} for t in _PCOND], "hostIP": "@@hostip@@",
-        "hostIPs": [{"ip": "@@hostip@@"}], "podIP": "@@podip@@", "podIPs": [{"ip": "@@podip@@"}], "startTime": "@@ts@@",
-        "containerStatuses": [{"name": c, "state": {"running": {"startedAt": "@@ts@@"}}, "lastState": {}, "ready": True,
-                               "restartCount": 0, "image": i, "imageID": i + "@sha256:@@cid@@",
-                               "containerID": "containerd://@@cid@@", "started": True}
-                              for c, i in ((app, image), ("envoy", "envoyproxy/envoy:v1.32.1"))],
-        "qosClass": "Burstable"}}
-
-
-def _deployment(app: str, image: str, port: int, replicas: int) -> dict:
-    """A Deployment as stored: spec from Helm, a restart from kubectl, status from the controller."""
-    spec = [f"spec>{f}" for f in ("progressDeadlineSeconds", "replicas", "revisionHistoryLimit", "selector",
-                                  "strategy>rollingUpdate>maxSurge", "template>metadata>labels>app")]
-    spec += [f'spec>template>spec>containers>k:{{"name":"{app}"}}>{f}' for f in ("env", "image", "ports", "resources")]
-    status = {"observedGeneration": 7, "replicas": replicas, "updatedReplicas": replicas, "readyReplicas": replicas,
-              "availableReplicas": replicas, "conditions": [
-                  {"type": t, "status": "True", "lastUpdateTime": "@@ts@@", "lastTransitionTime": "@@ts@@",
-                   "reason": r, "message": m} for t, r, m in (
-                      ("Available", "MinimumReplicasAvailable", "Deployment has minimum availability."),
-                      ("Progressing", "NewReplicaSetAvailable", 'ReplicaSet "@@rs@@" has successfully progressed.'))]}
-    template = {"metadata": {"creationTimestamp": None, "labels": {"app": app}, "annotations": {
-        "kubectl.kubernetes.io/restartedAt": "@@ts@@"}}, "spec": _pod_spec(app, image, port, False)}
-    return {"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {
-        "name": app, "namespace": "@@ns@@", "uid": "@@duid@@", "resourceVersion": "@@rv@@", "generation": 7,
-        "creationTimestamp": "@@ts@@", "labels": {"app": app, "app.kubernetes.io/managed-by": "Helm"},
-        "annotations": {"deployment.kubernetes.io/revision": "7", "meta.helm.sh/release-name": app,
-                        "meta.helm.sh/release-namespace": "@@ns@@"},
-        "managedFields": [
-            _mf("helm", "Update", "apps/v1", _fs("metadata>annotations>meta.helm.sh/release-name",
-                                                 "metadata>labels>app", *spec)),
-            _mf("kubectl-rollout", "Update", "apps/v1", _fs(
-                "spec>template>metadata>annotations>kubectl.kubernetes.io/restartedAt")),
-            _mf("kube-controller-manager", "Update", "apps/v1", _fs(
-                "metadata>annotations>deployment.kubernetes.io/revision", *(f"status>{f}" for f in status)),
-                "status")]},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": app}}, "template": template,
-                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}},
-                 "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600}, "status": status}
-
-
-def _table_row(pod_meta: dict) -> dict:
-    """One row of the ``meta.k8s.io/v1`` Table that ``kubectl get pods`` asks for."""
-    return {"cells": ["@@name@@", "2/2", "Running", 0, "@@age@@", "@@podip@@", "@@node@@", "<none>", "<none>"],
-            "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": pod_meta}}
-
-
-_TABLE = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "@@rv@@"},
-          "columnDefinitions": [{"name": n, "type": t, "format": "name" if n == "Name" else "", "description": d,
-                                 "priority": int(n in ("IP", "Node", "Nominated Node", "Readiness Gates"))}
-                                for n, t, d in (("Name", "string", "Name must be unique within a namespace."),
-                                                ("Ready", "string", "The aggregate readiness state of this pod."),
-                                                ("Status", "string", "The aggregate status of the containers."),
-                                                ("Restarts", "string", "The number of times the containers restarted."),
-                                                ("Age", "string", "CreationTimestamp is a timestamp."),
-                                                ("IP", "string", "IP address allocated to the pod."),
-                                                ("Node", "string", "NodeName is the node the pod is scheduled on."),
-                                                ("Nominated Node", "string", "nominatedNodeName is set on preemption."),
-                                                ("Readiness Gates", "string", "Readiness gates of the pod."))],
-          "rows": "##items##"}
-
-
-def _status(code: int, reason: str, message: str, details: dict) -> dict:
-    return {"metadata": {}, "status": "Failure", "message": message, "reason": reason} | (
-        {"details": details} if details else {}) | {"code": code}
 
 
 class _Pod:
@@ -523,13 +363,13 @@ class AuditEventGenerator:
                 scope = f' in the namespace "{r.ns}"' if r.ns else " at the cluster scope"
                 msg = (f'{named} is forbidden: User "{who}" cannot {r.verb} resource "{r.resource}'
                        f'{"/" + r.sub if r.sub else ""}" in API group "{r.group}"{scope}')
-            r.status, r.actor, r.req = _status(403, "Forbidden", msg, details), (*r.actor[:4], ""), None
+            r.status, r.actor, r.req = status_body(403, "Forbidden", msg, details), (*r.actor[:4], ""), None
         elif code == 404:
-            r.status = _status(404, "NotFound", f"{named} not found", details)
+            r.status = status_body(404, "NotFound", f"{named} not found", details)
         elif r.verb == "create":
-            r.status = _status(409, "AlreadyExists", f"{named} already exists", details)
+            r.status = status_body(409, "AlreadyExists", f"{named} already exists", details)
         else:
-            r.status = _status(409, "Conflict", f"Operation cannot be fulfilled on {named}: the object has been "
+            r.status = status_body(409, "Conflict", f"Operation cannot be fulfilled on {named}: the object has been "
                                "modified; please apply your changes to the latest version and try again", details)
         r.resp = {"kind": "Status", "apiVersion": "v1"} | r.status
 
@@ -602,7 +442,7 @@ class AuditEventGenerator:
             "creationTimestamp": self._sec(self._start - 9 * 86_400_000_000), "ownerReferences": [
                 {"apiVersion": "v1", "kind": "Node", "name": node, "uid": self._uid("nodes", "", node)}],
             "managedFields": [{"manager": "kubelet", "operation": "Update", "apiVersion": "coordination.k8s.io/v1",
-                               "time": self._sec(self._now - 10_000_000), "fieldsType": "FieldsV1", "fieldsV1": _fs(
+                               "time": self._sec(self._now - 10_000_000), "fieldsType": "FieldsV1", "fieldsV1": fields_set(
                                    "metadata>ownerReferences", "spec>holderIdentity", "spec>leaseDurationSeconds",
                                    "spec>renewTime")}]},
             "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": self._ts(self._now - 900)}}
@@ -631,7 +471,7 @@ class AuditEventGenerator:
         app, image, *_ = _APPS[p.app]
         t, cid = self._sec(self._now), p.fmt["cid"]
         body = {"metadata": {"uid": p.fmt["uid"]}, "status": {
-            "$setElementOrder/conditions": [{"type": c} for c in _PCOND],
+            "$setElementOrder/conditions": [{"type": c} for c in POD_CONDITIONS],
             "conditions": [{"lastTransitionTime": t, "status": "True", "type": c}
                            for c in ("Ready", "ContainersReady")],
             "containerStatuses": [{"containerID": "containerd://" + cid, "image": image,
@@ -741,8 +581,8 @@ class AuditEventGenerator:
         cm, r.verb, r.actor, r.uid = r.req, "patch", self._human(p), ""
         r.req = {"data": {"LOG_LEVEL": "debug"}}
         r.resp = cm | {"metadata": cm["metadata"] | {"managedFields": [  # type: ignore[index]
-            _mf("argocd-controller", "Apply", "v1", _fs("data>config.yaml", "metadata>labels>app")) | {"time": cm[
-                "metadata"]["creationTimestamp"]}, _mf("kubectl-patch", "Update", "v1", _fs("data>LOG_LEVEL")) | {
+            managed_field("argocd-controller", "Apply", "v1", fields_set("data>config.yaml", "metadata>labels>app")) | {"time": cm[
+                "metadata"]["creationTimestamp"]}, managed_field("kubectl-patch", "Update", "v1", fields_set("data>LOG_LEVEL")) | {
                     "time": self._sec(self._now)}]}, "data": cm["data"] | {"LOG_LEVEL": "debug"}}
         return r
 
@@ -837,11 +677,11 @@ class AuditEventGenerator:
                 if app in _POD_ACTORS:
                     actor(app, sa(ns, app, pod.name, vals["node"], vals["uid"]), vals["podip"],
                           f"{app}/{image.rsplit(':', 1)[1]} {_OS}", app, app, f'ServiceAccount "{app}/{ns}"')
-            full = _pod(app, image, port, full=True)
-            self._tpl.append({"pod_req": _Tpl(_pod(app, image, port, full=False)), "pod": _Tpl(full),
-                              "item": _Tpl(_pod(app, image, port, full=True, kind=False)),
-                              "deploy": _Tpl(_deployment(app, image, port, replicas)),
-                              "row": _Tpl(_table_row(full["metadata"])), "table": _Tpl(_TABLE),
+            full = pod_object(app, image, port, full=True)
+            self._tpl.append({"pod_req": _Tpl(pod_object(app, image, port, full=False)), "pod": _Tpl(full),
+                              "item": _Tpl(pod_object(app, image, port, full=True, kind=False)),
+                              "deploy": _Tpl(deployment_object(app, image, port, replicas)),
+                              "row": _Tpl(table_row(full["metadata"])), "table": _Tpl(POD_TABLE),
                               "list": _Tpl({"kind": "PodList", "apiVersion": "v1", "metadata": {
                                   "resourceVersion": "@@rv@@"}, "items": "##items##"})})
             self._applied.append(msgspec.json.encode({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {
