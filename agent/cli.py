@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import sys
 from collections.abc import Sequence
@@ -87,7 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _limit_malloc_arenas(arenas: int = 1) -> None:
+    """glibc gives each thread that contends for the heap an arena of its own (up to 8 per core); event bytes allocated
+    in one thread and freed in another fragment them, and RSS grows far past memory_limit_bytes. Before any thread."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
+        except (OSError, AttributeError):
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _limit_malloc_arenas()
     args = _parser().parse_args(argv)
     from agent.obs import logs
 

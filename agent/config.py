@@ -39,7 +39,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     memory_limit_bytes: Annotated[
         int, msgspec.Meta(ge=1 << 20, description="bytes of events in memory (read, not yet acknowledged by every sink); the reader waits above it")
-    ] = 64 << 20
+    ] = 16 << 20
     shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600, description="SIGTERM: time to finish in-flight batches before exit")] = 30.0
 
     @property

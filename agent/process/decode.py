@@ -70,7 +70,7 @@ class LineProcessor:
         transform = self.transform
         dropped = 0
         for line, end in zip(lines.lines, lines.ends):
-            if not line.strip():
+            if not line or line.isspace():
                 counts["blank"] += 1
                 continue
             try:

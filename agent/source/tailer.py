@@ -342,6 +342,8 @@ class Tailer:
                 await self._dispatch(tf, chunk)
             if eof and chunk is None:
                 self._at_eof(tf)
+                if tf.drained_at is not None:  # drained: the family's next file can be read now, not after an idle poll
+                    progressed = True
         return progressed
 
     async def _dispatch(self, tf: TrackedFile, chunk: Chunk) -> None:

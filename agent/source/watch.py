@@ -1,8 +1,9 @@
-"""Hints that something changed on disk: inotify through watchdog, coalesced. Decides nothing.
+"""Hints that a directory changed (a file created, moved or deleted): inotify through watchdog, coalesced.
+Decides nothing.
 
-Notifications are only a reason to look: the tailer still fstat()s every open file on a timer, so a
-missed or overflowed inotify event delays reading by at most `poll_interval_ms`, never stalls it.
-Many writes between two looks become one wake-up of the event loop.
+Writes are not watched: kube-apiserver writes each audit event with its own write(), so IN_MODIFY would wake the
+event loop once per event. The tailer fstat()s every open file every `poll_interval_ms` and reads what grew; a
+missed or overflowed notification delays a rescan by at most `rescan_interval_ms`, never stalls reading.
 """
 
 from __future__ import annotations
@@ -12,10 +13,24 @@ import logging
 import os
 import threading
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 log = logging.getLogger(__name__)
+
+# Directory entries only: no IN_MODIFY per write. kube-apiserver writes each event on its own, so that would be one
+# wake-up of the event loop per audit event; growth of an open file is noticed by the tailer's fstat poll.
+_ENTRY_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileDeletedEvent, FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
 
 
 class ChangeHints(FileSystemEventHandler):
@@ -35,7 +50,7 @@ class ChangeHints(FileSystemEventHandler):
                 log.warning("input directory does not exist (yet); it is polled until it does", extra={"dir": d})
                 continue
             try:
-                observer.schedule(self, d, recursive=False)
+                observer.schedule(self, d, recursive=False, event_filter=_ENTRY_EVENTS)
                 scheduled += 1
             except OSError as exc:  # e.g. no permission, inotify watch limit: polling covers it
                 log.warning("cannot watch directory, relying on polling", extra={"dir": d, "error": str(exc)})

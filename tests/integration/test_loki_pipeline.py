@@ -75,7 +75,9 @@ def test_a_real_audit_log_reaches_loki_once_per_event(loki: LokiServer, tmp_path
             event = msgspec.json.decode(e.line)
             assert event["node"] == "cp-test" and event["cluster_id"] == "c0123" and "derived" in event  # enriched
             assert dict(e.metadata)["auditID"] == event["auditID"]
-    assert all(p.status == 204 for p in loki.pushes) and all(len(p.streams) >= 1 for p in loki.pushes)
+    statuses = {p.status for p in loki.pushes}
+    assert statuses <= {204, 429}, statuses  # 429: Loki's stock ingestion rate limit, answered by a retry
+    assert all(len(p.streams) >= 1 for p in loki.pushes)
 
 
 def test_events_loki_refuses_are_dead_lettered_with_its_reason_and_the_rest_stored_once(loki: LokiServer, tmp_path: Path) -> None:
