@@ -1,0 +1,59 @@
+"""Running the agent as the benchmark does: its own process (``python -m agent run``), a config written here, and
+the zstd file sink's output read back.
+
+Two configurations, everything else at the defaults of ``config/default.yaml``:
+
+* ``policy``: the sample policy ``config/policy/audit-policy.yaml`` and the default enrichment (static node field,
+  derived fields, redaction): what a deployment runs;
+* ``no_policy``: no ``policy.file`` and ``enrich: {enabled: false}``: lines are shipped unchanged after the UTF-8 and
+  JSON-object check.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.bench.measure import REPO
+
+POLICY_FILE = REPO / "config" / "policy" / "audit-policy.yaml"
+CONFIGS = ("policy", "no_policy")
+DEFAULT_MAX_WAIT_MS = 1000  # batch.max_wait_ms in config/default.yaml; the configs below leave it at the default
+
+
+def agent_config(work: Path, name: str, log_path: Path, kind: str, *, backfill: bool, extra: dict[str, Any] | None = None) -> Path:
+    """Write the agent config for one run under `work/<name>/`; returns its path."""
+    if kind not in CONFIGS:
+        raise ValueError(f"unknown agent config {kind!r}")
+    root = work / name
+    root.mkdir(parents=True, exist_ok=True)
+    cfg: dict[str, Any] = {
+        "state_dir": str(root / "state"),
+        "node_name": "bench-node",
+        "input": {"paths": [str(log_path)], "start_at": "beginning", "backfill_rotated": backfill},
+        "sinks": [{"name": "archive", "type": "file", "path": str(root / "out"), "compression": "zstd"}],
+        "metrics": {"listen": None},
+    }
+    if kind == "policy":
+        cfg["policy"] = {"file": str(POLICY_FILE)}
+    else:
+        cfg["enrich"] = {"enabled": False}
+    for key, value in (extra or {}).items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    path = root / "config.yaml"
+    path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is YAML
+    return path
+
+
+def agent_argv(config: Path, *, once: bool) -> list[str]:
+    return [sys.executable, "-m", "agent", "--log-level", "warning", "run", *(["--once"] if once else []), "-c", str(config)]
+
+
+def output_dir(config: Path) -> Path:
+    return config.parent / "out"
+
+
+def output_bytes(out_dir: Path) -> int:
+    return sum(p.stat().st_size for p in out_dir.iterdir()) if out_dir.exists() else 0
