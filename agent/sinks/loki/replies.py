@@ -30,12 +30,11 @@ import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
 
+from agent.delivery.answers import caused_by, retry_after
 from agent.delivery.contract import Blocked, Delivered, Outcome, Rejected, Reply, Request, Retry, Split
 from agent.sinks.loki.event import parse_ns
 
@@ -101,23 +100,6 @@ def classify(request: Request, result: Reply | BaseException) -> Outcome:
     return Blocked(f"http_{status}: {short}")
 
 
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
-
-
 def reason_code(reason: str) -> str:
     """The machine code a reason starts with (`too_old: ...` -> `too_old`)."""
     return reason.split(":", 1)[0]
@@ -126,7 +108,7 @@ def reason_code(reason: str) -> str:
 def _exception(exc: BaseException) -> Outcome:
     if isinstance(exc, CredentialsError):
         return Blocked(f"credentials: {exc}")
-    tls = _caused_by(exc, ssl.SSLError)
+    tls = caused_by(exc, ssl.SSLError)
     if isinstance(exc, TlsSetupError) or (tls is not None and not isinstance(tls, (ssl.SSLEOFError, ssl.SSLZeroReturnError))):
         return Blocked(f"tls_error: {_short(str(tls or exc))}")
     if isinstance(exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)):
@@ -136,17 +118,6 @@ def _exception(exc: BaseException) -> Outcome:
     if isinstance(exc, httpx.TransportError):
         return Retry(f"transport_error: {type(exc).__name__}: {_short(str(exc))}")
     return Retry(f"error: {type(exc).__name__}: {_short(str(exc))}")
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    seen = 0
-    cur: BaseException | None = exc
-    while cur is not None and seen < 10:
-        if isinstance(cur, kind):
-            return cur
-        cur = cur.__cause__ or cur.__context__
-        seen += 1
-    return None
 
 
 def _rate_limited(request: Request, text: str, after: float | None) -> Outcome:

@@ -26,6 +26,7 @@ import logging
 import time
 import zlib
 from collections.abc import Iterator
+from typing import Any
 from datetime import datetime, timezone
 from pathlib import Path
 

@@ -46,6 +46,7 @@ import httpx
 import lz4.block
 import zstandard
 
+from agent.delivery.answers import caused_by, retry_after
 from agent.delivery.contract import Blocked, Delivered, Outcome, Rejected, Reply, Request, Retry, Split
 from agent.sinks.sls import pb
 from agent.sinks.sls.auth import CredentialsError, CredentialSource
@@ -239,7 +240,7 @@ class SlsSink:
         if isinstance(exc, CredentialsError):
             self._count("NoCredentials")
             return Blocked(f"SLS {self._where()}: {exc}")
-        tls = _caused_by(exc, ssl.SSLError)
+        tls = caused_by(exc, ssl.SSLError)
         if tls is not None:
             self._count("TLSError")
             return Blocked(f"SLS {self._where()}: TLS error: {tls} (set ca_file, or tls_verify: false for a test endpoint)")
@@ -272,7 +273,7 @@ class SlsSink:
                 return Retry(f"{what} (clock offset now {offset:+.0f} s)", after_s=0.0)
             return Retry(f"{what} (the answer carried no Date to correct the clock with)")
         if code in RETRY_CODES or status >= 500 or status == 429:
-            return Retry(what)
+            return Retry(what, after_s=retry_after(reply.headers))
         if code in AUTH_CODES:
             self.credentials.invalidate()  # maybe rotated: read the file again before the next attempt
             return Blocked(f"{what}; access key id {self._key_id()} from {self.credentials.describe()}")
@@ -308,17 +309,6 @@ class SlsSink:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    seen = 0
-    cur: BaseException | None = exc
-    while cur is not None and seen < 8:
-        if isinstance(cur, kind):
-            return cur
-        cur = cur.__cause__ or cur.__context__
-        seen += 1
-    return None
 
 
 def _one(kind: Any, name: str, doc: str, sink: str, value: float) -> Any:
