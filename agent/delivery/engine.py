@@ -33,12 +33,11 @@ from agent.checkpoint.ledger import Ledger
 from agent.deadletter.store import DeadLetterStore
 from agent.delivery.config import BatchConfig, RetryConfig
 from agent.delivery.contract import Batch, Blocked, Delivered, Rejected, Request, Retry, Sink, Split
+from agent.delivery.health import BLOCKED_LOG_INTERVAL_S, BlockedClock
 from agent.delivery.spool import RecordTooLargeError, Spool, SpoolFullError
 from agent.model import Chunk
 
 log = logging.getLogger(__name__)
-
-BLOCKED_LOG_INTERVAL_S = 60.0
 
 Locate = Callable[[int], "tuple[str | None, int, int] | None"]  # record index -> where it was read
 
@@ -80,8 +79,9 @@ class SinkRunner:
         self._drainer: asyncio.Task[None] | None = None
         # state and counters, read by metrics
         self.state = "ok"  # ok | retrying | blocked
-        self.blocked_since: float | None = None
-        self._blocked_logged = 0.0
+        self._blocked = BlockedClock(
+            log, blocked="sink blocked: it cannot work until this is fixed; data is kept and retried", unblocked="sink unblocked", extra={"sink": self.name}
+        )
         self.shipped_events = 0
         self.shipped_bytes = 0
         self.retries = 0
@@ -329,19 +329,17 @@ class SinkRunner:
             self.metrics.deadlettered.labels(self.name, kind).inc(len(indices))
         log.error("events dead-lettered by a sink", extra={"sink": self.name, "events": len(indices), "kind": kind, "reason": reason})
 
+    @property
+    def blocked_since(self) -> float | None:
+        return self._blocked.since
+
     def _set_state(self, state: str, reason: str | None) -> None:
-        now = time.monotonic()
         if state == "blocked":
-            if self.blocked_since is None:
-                self.blocked_since = now
-            if now - self._blocked_logged >= BLOCKED_LOG_INTERVAL_S:
-                self._blocked_logged = now
-                log.error("sink blocked: it cannot work until this is fixed; data is kept and retried", extra={"sink": self.name, "reason": reason})
+            self._blocked.blocked(reason, log_every_s=BLOCKED_LOG_INTERVAL_S)
         else:
-            if self.state == "blocked":
-                log.info("sink unblocked", extra={"sink": self.name, "blocked_s": round(now - (self.blocked_since or now), 1)})
-            self.blocked_since = None
-            self._blocked_logged = 0.0
+            self._blocked.clear()
+        if state != "ok" and self.metrics is not None:
+            self.metrics.errors.labels(f"sink_{state}").inc()
         if state != "ok" and self.state == "ok" and self.spool is not None:
             log.warning("sink is failing: batches go to its spool", extra={"sink": self.name, "reason": reason})
         if state != self.state:

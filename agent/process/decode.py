@@ -32,13 +32,19 @@ class _AnyObject(msgspec.Struct):
 _check_object = msgspec.json.Decoder(_AnyObject).decode
 
 
+def check_utf8(line: bytes) -> None:
+    """Raise MalformedEventError unless a non-ASCII line is valid UTF-8 (callers test isascii() first:
+    C speed, no copy, and true for almost every audit line)."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedEventError(f"invalid UTF-8 at byte {exc.start}") from None
+
+
 def check_event(line: bytes) -> None:
     """Raise MalformedEventError unless `line` is valid UTF-8 holding one JSON object."""
     if not line.isascii():
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedEventError(f"invalid UTF-8 at byte {exc.start}") from None
+        check_utf8(line)
     try:
         _check_object(line)
     except msgspec.ValidationError:
@@ -79,10 +85,7 @@ class LineProcessor:
                     out: bytes | None = line
                 else:
                     if not line.isascii():
-                        try:
-                            line.decode("utf-8")
-                        except UnicodeDecodeError as exc:
-                            raise MalformedEventError(f"invalid UTF-8 at byte {exc.start}") from None
+                        check_utf8(line)  # the transform's decoder checks the JSON
                     out = transform.apply(line)
             except MalformedEventError as exc:
                 self._dead(path, end - len(line) - 1, len(line) + 1, exc.reason, line, counts)

@@ -86,7 +86,6 @@ class Tailer:
         self.read_errors = 0
         self.bytes_read = 0
         self.hints: ChangeHints | None = None
-        self.state_changed = asyncio.Event()  # entries changed (new file, completion): checkpoint worth writing
         self._last_rescan = 0.0
         self._oldest_backup: dict[str, str] = {}  # family -> path of its oldest backup on disk
         self._warned_at_risk: set[str] = set()
@@ -104,7 +103,6 @@ class Tailer:
             self.budget.release(released)
         if tf.drained_at is not None and offset >= tf.drained_at and not tf.entry.complete:
             tf.entry.complete = True
-            self.state_changed.set()
 
     # -- discovery -------------------------------------------------------------------------------
     def _new_fid(self) -> int:
@@ -134,7 +132,6 @@ class Tailer:
         tf.close()
         tf.drained_at = tf.entry.offset
         tf.entry.complete = True
-        self.state_changed.set()
 
     def _start_offset(self, found: Found, fd: int, gz: bool) -> tuple[int, bool]:
         """Offset (and completeness) for a file with no checkpoint."""
@@ -171,7 +168,6 @@ class Tailer:
             if tf.entry.path != f.path:
                 log.info("file renamed", extra={"from": tf.entry.path, "to": f.path})
                 tf.entry.path = f.path
-                self.state_changed.set()
         for fid, tf in list(self.files.items()):
             if tf.fd is None and tf.entry.complete:  # nothing left to read or acknowledge
                 del self.files[fid]
@@ -188,7 +184,6 @@ class Tailer:
                 e.gone_since = now
             elif now - e.gone_since > self.forget_after_s and id(e) not in {id(tf.entry) for tf in self.files.values() if not tf.done}:
                 self.entries.remove(e)
-                self.state_changed.set()
         self._last_rescan = time.monotonic()
         for path in self.at_risk():
             if path not in self._warned_at_risk:
@@ -237,7 +232,6 @@ class Tailer:
             entry.path, entry.dev, entry.ino, entry.gzip = f.path, f.stat.dev, f.stat.ino, gz
         claimed.add(id(entry))
         self._track(f, entry, fd, gz)
-        self.state_changed.set()
 
     # -- polling ---------------------------------------------------------------------------------
     def poll(self) -> None:
@@ -255,26 +249,25 @@ class Tailer:
             if st.st_size < tf.reader.read_pos:
                 self._truncated(tf, f"size {st.st_size} below read offset {tf.reader.read_pos}")
                 continue
-            fp = tf.entry.fingerprint
-            if not fp.full and st.st_size > fp.length or st.st_size >= FP_BYTES:
-                head = os.pread(tf.fd, FP_BYTES, 0)
-                if not fp.matches(head):
-                    self._truncated(tf, "first bytes changed")
-                elif len(head) > fp.length:
-                    new = Fingerprint.of(head)
-                    tf.entry.fp_len, tf.entry.fp = new.length, new.digest
+            if not self._refresh_fingerprint(tf):
+                self._truncated(tf, "first bytes changed")
+                continue
             if st.st_size > tf.reader.read_pos:
                 tf.waiting = False
 
-    def _grow_fingerprint(self, tf: TrackedFile) -> None:
-        """While a file is shorter than 1 KiB its fingerprint grows with every read (plain files)."""
+    def _refresh_fingerprint(self, tf: TrackedFile) -> bool:
+        """Read a plain file's head again: False if it no longer starts with the fingerprinted bytes
+        (rewritten), else grow the fingerprint while the file is shorter than 1 KiB."""
         if tf.entry.gzip or tf.fd is None:
-            return
+            return True
         head = os.pread(tf.fd, FP_BYTES, 0)
         fp = tf.entry.fingerprint
-        if len(head) > fp.length and fp.matches(head):
+        if not fp.matches(head):
+            return False
+        if len(head) > fp.length:
             new = Fingerprint.of(head)
             tf.entry.fp_len, tf.entry.fp = new.length, new.digest
+        return True
 
     def _truncated(self, tf: TrackedFile, why: str) -> None:
         self.truncations += 1
@@ -293,7 +286,6 @@ class Tailer:
         new = TrackedFile(fid=self._new_fid(), entry=tf.entry, family=tf.family, rank=tf.rank, fd=tf.fd, reader=tf.reader, size=tf.size)
         self.files[new.fid] = new
         self.ledger.open(new.fid, 0)
-        self.state_changed.set()
 
     # -- reading ---------------------------------------------------------------------------------
     def next_per_family(self) -> list[TrackedFile]:
@@ -336,7 +328,7 @@ class Tailer:
                 tf.waiting = True
                 continue
             if not tf.entry.fingerprint.full and tf.fd is not None:
-                self._grow_fingerprint(tf)
+                self._refresh_fingerprint(tf)  # a mismatch is the poll's to handle (truncation)
             if chunk is not None:
                 progressed = True
                 await self._dispatch(tf, chunk)

@@ -29,7 +29,6 @@ Blocked; 413 Split; other 4xx Rejected (the listed records, with their reasons, 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import socket
 import ssl
@@ -43,6 +42,8 @@ from typing import Any, Self
 
 import httpx
 import msgspec
+
+from agent.delivery.answers import retry_after
 
 from agent.delivery.contract import (
     Blocked,
@@ -313,22 +314,6 @@ class FaultServer:
 
 
 # -- the sink ---------------------------------------------------------------------------------------
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Retry-After in seconds (delta-seconds or an HTTP-date), or None."""
-    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _is_tls_failure(exc: BaseException) -> bool:

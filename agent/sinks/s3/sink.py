@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -92,8 +91,7 @@ class S3Sink:
 
     def blocked_for_s(self) -> float:
         """How long uploads have been blocked (0 when not): /readyz and the sink_blocked metric use it."""
-        since = self.uploader.blocked_since
-        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+        return self.uploader.blocked_for_s()
 
     def metric_families(self) -> Iterator[Any]:
         """Prometheus families for the agent's collector: staging and uploads."""

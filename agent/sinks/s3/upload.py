@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from agent import __version__
+from agent.delivery.health import BLOCKED_LOG_INTERVAL_S, BlockedClock
 from agent.sinks.s3.config import S3SinkConfig
 from agent.sinks.s3.errors import classify_error, error_code
 from agent.sinks.s3.staging import StagedObject
@@ -39,7 +40,6 @@ from agent.sinks.s3.staging import StagedObject
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-BLOCKED_LOG_INTERVAL_S = 60.0
 ABORT_ON_CANCEL_TIMEOUT_S = 2.0
 CONTENT_TYPES = {"zstd": "application/zstd", "gzip": "application/gzip"}
 Existing = Literal["absent", "stored", "taken", "unknown"]
@@ -81,8 +81,12 @@ class Uploader:
         # state and counters, read by metrics and /readyz
         self.state = "ok"  # ok | retrying | blocked
         self.error: str | None = None
-        self.blocked_since: float | None = None
-        self._blocked_logged = 0.0
+        self._blocked = BlockedClock(
+            log,
+            blocked="s3 uploads blocked: they cannot succeed until this is fixed; staged data is kept and retried",
+            unblocked="s3 uploads unblocked",
+            extra={"sink": sink_name},
+        )
         self.objects_uploaded = 0
         self.bytes_uploaded = 0
         self.parts_uploaded = 0
@@ -140,18 +144,18 @@ class Uploader:
         self._client = None
 
     # -- state -----------------------------------------------------------------------------------
+    @property
+    def blocked_since(self) -> float | None:
+        return self._blocked.since
+
+    def blocked_for_s(self) -> float:
+        return self._blocked.seconds()
+
     def _set_state(self, state: str, reason: str | None) -> None:
-        now = time.monotonic()
         if state == "blocked":
-            if self.blocked_since is None:
-                self.blocked_since = now
-            if now - self._blocked_logged >= BLOCKED_LOG_INTERVAL_S:
-                self._blocked_logged = now
-                log.error("s3 uploads blocked: they cannot succeed until this is fixed; staged data is kept and retried", extra={"sink": self.sink_name, "reason": reason})
-        elif self.state == "blocked":
-            log.info("s3 uploads unblocked", extra={"sink": self.sink_name, "blocked_s": round(now - (self.blocked_since or now), 1)})
-            self.blocked_since = None
-            self._blocked_logged = 0.0
+            self._blocked.blocked(reason, log_every_s=BLOCKED_LOG_INTERVAL_S)
+        else:
+            self._blocked.clear()
         self.state = state
         self.error = reason
 
