@@ -58,7 +58,7 @@ python_pkg="$(dpkg -S "$(readlink -f "$python")" 2>/dev/null | head -n1 | cut -d
 python_pkg="${python_pkg%-minimal}"
 pyver="$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 
-version="$("$python" - "$repo/agent/__init__.py" <<'EOF'
+version="$("$python" - "$repo/kube_audit_shipper/__init__.py" <<'EOF'
 import re, sys
 print(re.search(r'^__version__ = "([^"]+)"', open(sys.argv[1]).read(), re.M).group(1))
 EOF
@@ -75,7 +75,7 @@ mkdir -p "$root" "$out"
 # 1. The source, copied so that the build leaves nothing (build/, *.egg-info) in the checkout.
 mkdir -p "$work/src"
 cp "$repo/pyproject.toml" "$repo/README.md" "$work/src/"
-cp -r "$repo/agent" "$work/src/agent"
+cp -r "$repo/kube_audit_shipper" "$work/src/kube_audit_shipper"
 find "$work/src" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # 2. The virtual environment, built where it will live relative to the package root.

@@ -1,4 +1,4 @@
-"""Running the agent as the benchmark does: its own process (``python -m agent run``), a config written here, and
+"""Running the agent as the benchmark does: its own process (``python -m kube_audit_shipper run``), a config written here, and
 the zstd file sink's output read back.
 
 Two configurations, everything else at the defaults of ``config/default.yaml``:
@@ -48,7 +48,7 @@ def agent_config(work: Path, name: str, log_path: Path, kind: str, *, backfill: 
 
 
 def agent_argv(config: Path, *, once: bool) -> list[str]:
-    return [sys.executable, "-m", "agent", "--log-level", "warning", "run", *(["--once"] if once else []), "-c", str(config)]
+    return [sys.executable, "-m", "kube_audit_shipper", "--log-level", "warning", "run", *(["--once"] if once else []), "-c", str(config)]
 
 
 def output_dir(config: Path) -> Path:

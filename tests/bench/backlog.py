@@ -1,5 +1,5 @@
 """Backlog: a large audit log (rotated backups + the active file) already on disk, shipped from offset 0 to the zstd
-file sink by ``python -m agent run --once`` (exit 0 once every sink acknowledged everything), with the default
+file sink by ``python -m kube_audit_shipper run --once`` (exit 0 once every sink acknowledged everything), with the default
 policy and enrichment (``policy``) and with neither (``no_policy``).
 
 Figures per run: wall time (process start to exit, interpreter start-up included), CPU seconds (user + sys, every

@@ -30,10 +30,10 @@ if __package__ in (None, ""):
 import msgspec
 import zstandard
 
-from agent.enrich.config import EnrichConfig
-from agent.policy.load import parse_policy
-from agent.policy.match import CompiledPolicy, compile_policy
-from agent.process.transform import Transform, build_transform
+from kube_audit_shipper.process.enrich.config import EnrichConfig
+from kube_audit_shipper.process.policy.load import parse_policy
+from kube_audit_shipper.process.policy.match import CompiledPolicy, compile_policy
+from kube_audit_shipper.process.transform import Transform, build_transform
 
 POLICY = """\
 apiVersion: audit.k8s.io/v1

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from agent.demo.apiserver import OversizeLineError, RotatingAuditWriter, list_backups
-from agent.demo.events import DEFAULT_START_TIME, AuditEventGenerator
+from kube_audit_shipper.demo.apiserver import OversizeLineError, RotatingAuditWriter, list_backups
+from kube_audit_shipper.demo.events import DEFAULT_START_TIME, AuditEventGenerator
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ def sink_zstd_level() -> int:
     """The file sink's default ``compression_level``."""
     import msgspec
 
-    from agent.sinks.file.config import FileSinkConfig
+    from kube_audit_shipper.sinks.file.config import FileSinkConfig
 
     return int(next(f.default for f in msgspec.structs.fields(FileSinkConfig) if f.name == "compression_level"))
 

@@ -4,7 +4,7 @@ The sample is the first ``--stages-mb`` of the same generated stream as the back
 chunk by chunk and line by line as the agent's reader thread does (`LineReader` chunks of
 ``input.read_chunk_bytes``), with a clock reading between the steps (its cost subtracted):
 
-policy path (the ``policy`` config: sample policy + default enrichment), the steps of `agent.process.transform`:
+policy path (the ``policy`` config: sample policy + default enrichment), the steps of `kube_audit_shipper.process.transform`:
     read+split   `LineReader.read`: pread of one chunk, split into whole lines
     decode       blank-line and UTF-8 checks + `decode_event` (top level typed, bodies kept raw)
     policy+trim  `DecisionCache.evaluate_event` + `trim_event` (drops, level cut, omitManagedFields)
@@ -34,17 +34,17 @@ from typing import Any
 import msgspec
 import zstandard
 
-from agent.app import build_transform
-from agent.config import Config, load
-from agent.enrich.fields import Enricher
-from agent.enrich.redact import Redactor
-from agent.policy.event import decode_event
-from agent.policy.load import load_policy
-from agent.policy.match import DecisionCache
-from agent.policy.trim import KEPT, trim_event
-from agent.process.decode import check_event
-from agent.sinks.file.config import FileSinkConfig
-from agent.source.reader import LineReader
+from kube_audit_shipper.app import build_transform
+from kube_audit_shipper.config import Config, load
+from kube_audit_shipper.process.enrich.fields import Enricher
+from kube_audit_shipper.process.enrich.redact import Redactor
+from kube_audit_shipper.process.policy.event import decode_event
+from kube_audit_shipper.process.policy.load import load_policy
+from kube_audit_shipper.process.policy.match import DecisionCache
+from kube_audit_shipper.process.policy.trim import KEPT, trim_event
+from kube_audit_shipper.process.decode import check_event
+from kube_audit_shipper.sinks.file.config import FileSinkConfig
+from kube_audit_shipper.source.reader import LineReader
 from tests.bench.inputs import AuditLog
 from tests.bench.measure import MB
 
@@ -241,7 +241,7 @@ def check_consistency(cfg: Config, path: _PolicyPath, lines: list[bytes]) -> int
         ours, theirs = path.one(line), transform.apply(line)
         if ours != theirs:
             raise RuntimeError(
-                "the stage decomposition no longer matches agent.process.transform.Transform "
+                "the stage decomposition no longer matches kube_audit_shipper.process.transform.Transform "
                 f"(line {n}: {('dropped' if ours is None else ours[:120])!r} != {('dropped' if theirs is None else theirs[:120])!r}); "
                 "update tests/bench/stages.py"
             )

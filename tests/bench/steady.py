@@ -1,5 +1,5 @@
 """Steady: a writer (`tests.bench.writer`) appends events at a fixed rate for a fixed time, rotating the log, while
-the agent (``python -m agent run``, not ``--once``) tails it; the benchmark watches the sink's output as it grows.
+the agent (``python -m kube_audit_shipper run``, not ``--once``) tails it; the benchmark watches the sink's output as it grows.
 
 Per rate:
 
@@ -34,8 +34,8 @@ from typing import Any
 
 import zstandard
 
-from agent.demo.apiserver import list_backups
-from agent.demo.events import AuditEventGenerator
+from kube_audit_shipper.demo.apiserver import list_backups
+from kube_audit_shipper.demo.events import AuditEventGenerator
 from tests.bench.agentrun import DEFAULT_MAX_WAIT_MS, agent_argv, agent_config, output_dir
 from tests.bench.inputs import iter_lines
 from tests.bench.measure import MB, Load, Spawner, cpu_seconds, memory_kib, settle
@@ -170,10 +170,10 @@ def expected_ids(files: list[Path], kind: str, policy_file: Path) -> set[bytes]:
             i = line.find(_ID_KEY) + len(_ID_KEY)
             out.add(line[i : i + 36])
         return out
-    from agent.policy.event import decode_event
-    from agent.policy.load import load_policy
-    from agent.policy.match import DecisionCache
-    from agent.policy.trim import KEPT, trim_event
+    from kube_audit_shipper.process.policy.event import decode_event
+    from kube_audit_shipper.process.policy.load import load_policy
+    from kube_audit_shipper.process.policy.match import DecisionCache
+    from kube_audit_shipper.process.policy.trim import KEPT, trim_event
 
     policy, _ = load_policy(str(policy_file))
     evaluate = DecisionCache(policy).evaluate_event

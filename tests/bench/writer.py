@@ -2,7 +2,7 @@
 as lumberjack does, and records when each line was written (``python -m tests.bench.writer ...``).
 
 Events and rotation are the demo's (`AuditEventGenerator`, `RotatingAuditWriter`, the same as
-``python -m agent.demo.apiserver``); the event stream is deterministic given the seed (its timestamps are spaced
+``python -m kube_audit_shipper.demo.apiserver``); the event stream is deterministic given the seed (its timestamps are spaced
 for the rate). Nothing is added to the events: the write time of line i (CLOCK_MONOTONIC, shared by every
 process on the machine, taken right after its ``write`` returned) goes to ``--record``: the auditIDs, one a
 line, in ``<record>.ids``, and the times as float64 in ``<record>.times``. Prints one JSON summary line.
@@ -17,8 +17,8 @@ import time
 from array import array
 from pathlib import Path
 
-from agent.demo.apiserver import OversizeLineError, RotatingAuditWriter
-from agent.demo.events import AuditEventGenerator, EventMix
+from kube_audit_shipper.demo.apiserver import OversizeLineError, RotatingAuditWriter
+from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
 
 
 def main(argv: list[str] | None = None) -> int:

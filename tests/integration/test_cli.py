@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.cli import main
+from kube_audit_shipper.cli import main
 from tests.support.corpus import REPO, numbered_lines
 from tests.support.harness import Running, append, make_config, until
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "kube_audit_shipper", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_version_and_help() -> None:
@@ -79,8 +79,8 @@ def test_state_dir_is_locked_against_a_second_agent(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         async with Running(cfg):
-            from agent.app import Agent
-            from agent.errors import StateError
+            from kube_audit_shipper.app import Agent
+            from kube_audit_shipper.errors import StateError
 
             with pytest.raises(StateError, match="in use by another"):
                 await Agent(cfg).run(install_signals=False)
@@ -136,7 +136,7 @@ def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path: Path) -> None:
             }
         )
     )
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg_file)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "kube_audit_shipper", "run", "-c", str(cfg_file)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while not list((tmp_path / "out").glob(".*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)

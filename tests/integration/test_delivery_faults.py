@@ -24,13 +24,13 @@ import msgspec
 import pytest
 import yaml
 
-from agent.app import Agent
-from agent.checkpoint.store import CheckpointStore
-from agent.config import Config, parse
-from agent.deadletter.store import DeadLetterStore
-from agent.delivery.contract import Blocked, Delivered, Rejected, Request, Retry, Split
-from agent.delivery.spool import SEGMENT_HEADER_SIZE
-from agent.sinks.file.sink import FileSink
+from kube_audit_shipper.app import Agent
+from kube_audit_shipper.checkpoint.store import CheckpointStore
+from kube_audit_shipper.config import Config, parse
+from kube_audit_shipper.deadletter.store import DeadLetterStore
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Rejected, Request, Retry, Split
+from kube_audit_shipper.delivery.spool import SEGMENT_HEADER_SIZE
+from kube_audit_shipper.sinks.file.sink import FileSink
 from tests.support.corpus import REPO, audit_id, numbered_lines
 from tests.support.fault_sink import (
     HANG,
@@ -340,7 +340,7 @@ def test_permanent_rejections_are_dead_lettered_with_the_reason_listed_and_repla
 
     # `deadletter replay` after the backend was fixed for all but one of them: the fixed ones are
     # stored, the other becomes a new dead letter with the new reason; nothing is listed twice
-    from agent.commands import deadletter as dl_cmd
+    from kube_audit_shipper.commands import deadletter as dl_cmd
 
     still_bad = min(expected)
     server.reject = lambda a: "still too large" if a == still_bad else None
@@ -408,13 +408,13 @@ def test_a_rejected_event_over_max_event_bytes_keeps_its_location_in_the_dead_le
 
 
 def _cli(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "agent", "--log-level", "warning", *args], cwd=REPO, capture_output=True, timeout=60, check=False)
+    proc = subprocess.run([sys.executable, "-m", "kube_audit_shipper", "--log-level", "warning", *args], cwd=REPO, capture_output=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     return proc.stdout.decode()
 
 
 def test_retry_age_gives_up_to_dead_letters_with_reason_log_and_counter(tmp_path: Path, server: FaultServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="agent.delivery.engine")
+    caplog.set_level(logging.ERROR, logger="kube_audit_shipper.delivery.engine")
     written = write_events(tmp_path, numbered_lines(300))
     server.default = status(503)
     cfg = config(tmp_path, flaky={"retry": {"initial_ms": 20, "max_ms": 200, "max_retry_age_s": 1}})
@@ -453,7 +453,7 @@ def test_413_splits_requests_and_a_record_too_large_is_dead_lettered(tmp_path: P
 
 @pytest.mark.asyncio
 async def test_blocked_sink_keeps_data_logs_once_sets_metrics_and_recovers(tmp_path: Path, server: FaultServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="agent.delivery.engine")
+    caplog.set_level(logging.INFO, logger="kube_audit_shipper.delivery.engine")
     written = write_events(tmp_path, numbered_lines(400))
     server.default = UNAUTHORIZED
     cfg = config(tmp_path, flaky={"retry": {"initial_ms": 10, "max_ms": 100}})
@@ -553,7 +553,7 @@ async def test_a_down_sink_with_spool_room_does_not_hold_back_the_reader_or_the_
 
 @pytest.mark.asyncio
 async def test_spool_full_holds_the_reader_back_and_nothing_is_lost(tmp_path: Path, server: FaultServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.delivery.engine")
+    caplog.set_level(logging.WARNING, logger="kube_audit_shipper.delivery.engine")
     lines = padded_lines(6000, pad=1200, seed=4)  # ~10 MiB, compresses to ~8 MiB: a 1 MiB spool fills
     server.down()
     cfg = config(tmp_path, memory_limit_bytes=4 * MiB, flaky={"spool": {"max_bytes": MiB}, "concurrency": 2})

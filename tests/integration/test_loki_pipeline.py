@@ -13,9 +13,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from agent.config import Config, parse
-from agent.deadletter.store import DeadLetterStore
-from agent.demo.events import AuditEventGenerator
+from kube_audit_shipper.config import Config, parse
+from kube_audit_shipper.deadletter.store import DeadLetterStore
+from kube_audit_shipper.demo.events import AuditEventGenerator
 from tests.support.corpus import numbered_lines
 from tests.support.harness import Running, append, run_once, until
 from tests.support.loki_server import LokiServer, recent_corpus

@@ -15,16 +15,16 @@ import msgspec
 import pytest
 import trustme
 
-from agent.checkpoint.ledger import Ledger
-from agent.deadletter.store import DeadLetterStore
-from agent.delivery.config import BatchConfig, RetryConfig
-from agent.delivery.contract import Blocked, Delivered, Outcome, Retry
-from agent.delivery.engine import SinkRunner
-from agent.demo.events import AuditEventGenerator, EventMix
-from agent.model import Chunk
-from agent.sinks.loki.config import LokiSinkConfig
-from agent.sinks.loki.event import TRIM_ANNOTATION
-from agent.sinks.loki.sink import LokiSink
+from kube_audit_shipper.checkpoint.ledger import Ledger
+from kube_audit_shipper.deadletter.store import DeadLetterStore
+from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Retry
+from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
+from kube_audit_shipper.model import Chunk
+from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
+from kube_audit_shipper.sinks.loki.event import TRIM_ANNOTATION
+from kube_audit_shipper.sinks.loki.sink import LokiSink
 from tests.support.corpus import numbered_lines
 from tests.support.loki_server import Answer, LokiLimits, LokiServer, ManualClock, recent_corpus
 

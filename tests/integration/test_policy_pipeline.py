@@ -44,8 +44,8 @@ def test_policy_trims_drops_counts_and_enriches(tmp_path: Path) -> None:
 
 
 def test_invalid_policy_stops_run_with_every_error(tmp_path: Path) -> None:
-    from agent.app import Agent
-    from agent.errors import PolicyError
+    from kube_audit_shipper.app import Agent
+    from kube_audit_shipper.errors import PolicyError
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: Loud\n  - level: Metadata\n    resources: [{resourceNames: [x]}]\n")

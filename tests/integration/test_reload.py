@@ -54,7 +54,7 @@ def test_sighup_reload_applies_valid_config_and_rejects_invalid(tmp_path: Path) 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(base))
     append(log, numbered_lines(100))
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(cfg)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "kube_audit_shipper", "run", "-c", str(cfg)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         events = lambda: [msgspec.json.decode(x) for x in sink_lines(out, include_tmp=True)]  # noqa: E731
         _wait(lambda: len(events()) >= 100, what="first events")
@@ -113,9 +113,9 @@ def test_apply_removes_a_sink_and_checkpoints_stop_waiting_for_it(tmp_path: Path
     then the checkpoint follows the remaining sink; the reader never stopped."""
     import asyncio
 
-    from agent.config import parse
-    from agent.sinks.file.config import FileSinkConfig
-    from agent.sinks.file.sink import FileSink
+    from kube_audit_shipper.config import parse
+    from kube_audit_shipper.sinks.file.config import FileSinkConfig
+    from kube_audit_shipper.sinks.file.sink import FileSink
     from tests.support.harness import Running, until
 
     log = tmp_path / "log" / "audit.log"
@@ -159,9 +159,9 @@ def test_apply_removes_a_sink_and_checkpoints_stop_waiting_for_it(tmp_path: Path
 def test_changing_a_failing_sink_restarts_the_pipeline_instead_of_stranding_its_batches(tmp_path: Path) -> None:
     import asyncio
 
-    from agent.config import parse
-    from agent.sinks.file.config import FileSinkConfig
-    from agent.sinks.file.sink import FileSink
+    from kube_audit_shipper.config import parse
+    from kube_audit_shipper.sinks.file.config import FileSinkConfig
+    from kube_audit_shipper.sinks.file.sink import FileSink
     from tests.support.harness import Running, until
 
     log = tmp_path / "log" / "audit.log"

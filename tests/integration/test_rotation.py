@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.checkpoint.store import CheckpointStore
+from kube_audit_shipper.checkpoint.store import CheckpointStore
 from tests.support.corpus import audit_id, numbered_lines
 from tests.support.harness import Running, append, make_config, rotate, run_once, sink_lines, until
 
@@ -177,8 +177,8 @@ def test_deleted_while_open_is_drained_through_the_descriptor(tmp_path: Path) ->
     """The sink holds the pipeline (backpressure) while the file is deleted; every line still arrives."""
     import asyncio
 
-    from agent.sinks.file.config import FileSinkConfig
-    from agent.sinks.file.sink import FileSink
+    from kube_audit_shipper.sinks.file.config import FileSinkConfig
+    from kube_audit_shipper.sinks.file.sink import FileSink
 
     log = tmp_path / "log" / "audit.log"
     lines = numbered_lines(2000)
@@ -245,8 +245,8 @@ def test_oldest_backup_being_read_is_flagged_at_risk(tmp_path: Path, caplog: pyt
     """While the agent is still on the oldest backup on disk, the next rotation may delete it: warn and flag."""
     import asyncio
 
-    from agent.sinks.file.config import FileSinkConfig
-    from agent.sinks.file.sink import FileSink
+    from kube_audit_shipper.sinks.file.config import FileSinkConfig
+    from kube_audit_shipper.sinks.file.sink import FileSink
 
     log = tmp_path / "log" / "audit.log"
     oldest = log.with_name("audit-2026-11-22T09-00-00.000.log")

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import zstandard
 
-from agent.demo.events import AuditEventGenerator
-from agent.sinks.s3.sink import S3Sink
+from kube_audit_shipper.demo.events import AuditEventGenerator
+from kube_audit_shipper.sinks.s3.sink import S3Sink
 from tests.support.corpus import audit_id, numbered_lines
 from tests.support.harness import Running, append, make_config, rotate, run_once, until
 from tests.support.s3_server import SeaweedS3, new_bucket, read_objects, s3_server_fixture  # noqa: F401 (the s3_server fixture)

@@ -21,11 +21,11 @@ import msgspec
 import pytest
 import zstandard
 
-from agent.delivery.contract import Delivered
-from agent.demo.events import AuditEventGenerator, EventMix
-from agent.sinks.s3.config import S3SinkConfig
-from agent.sinks.s3.keys import event_time
-from agent.sinks.s3.sink import S3Sink
+from kube_audit_shipper.delivery.contract import Delivered
+from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
+from kube_audit_shipper.sinks.s3.config import S3SinkConfig
+from kube_audit_shipper.sinks.s3.keys import event_time
+from kube_audit_shipper.sinks.s3.sink import S3Sink
 from tests.support.corpus import REPO, audit_id, numbered_lines
 from tests.support.harness import until
 from tests.support.s3_server import (
@@ -157,7 +157,7 @@ async def test_blocking_errors_keep_the_data_staged_until_fixed(
     sink.shutdown_timeout_s = 1.0
     await stage(sink, lines)
     staged = sink.staged_objects
-    caplog.set_level(logging.ERROR, logger="agent.sinks.s3")
+    caplog.set_level(logging.ERROR, logger="kube_audit_shipper.sinks.s3")
     closing = asyncio.ensure_future(sink.aclose())
     await until(lambda: sink.upload_state == "blocked", 10, "blocked state")
     assert code in (sink.upload_error or "")
@@ -176,7 +176,7 @@ async def test_blocking_errors_keep_the_data_staged_until_fixed(
 async def test_throttling_and_5xx_are_retried_per_call(s3_server: SeaweedS3, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     bucket = await new_bucket(s3_server.endpoint)
     lines = bulky_lines(4200, prefix="slow")
-    caplog.set_level(logging.WARNING, logger="agent.sinks.s3")
+    caplog.set_level(logging.WARNING, logger="kube_audit_shipper.sinks.s3")
     with FaultProxy(s3_server.port) as proxy:
         for fault in (
             Fault("CreateMultipartUpload", "slowdown"),
@@ -274,8 +274,8 @@ async def test_staged_objects_left_by_a_crash_are_uploaded_at_start_once(s3_serv
 CHILD = """
 import asyncio, json, sys
 import msgspec
-from agent.sinks.s3.config import S3SinkConfig
-from agent.sinks.s3.sink import S3Sink
+from kube_audit_shipper.sinks.s3.config import S3SinkConfig
+from kube_audit_shipper.sinks.s3.sink import S3Sink
 
 async def main(args):
     sink = S3Sink(msgspec.convert(args["config"], S3SinkConfig), node="cp-1", state_dir=args["state_dir"])

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from aliyun.log import IndexConfig
 
-from agent import config as config_mod
-from agent.commands import sls_ensure
-from agent.errors import ConfigError
-from agent.sinks.sls import index as idx
+from kube_audit_shipper import config as config_mod
+from kube_audit_shipper.commands import sls_ensure
+from kube_audit_shipper.errors import ConfigError
+from kube_audit_shipper.sinks.sls import index as idx
 from tests.support.sls_server import Logstore, SlsTestServer
 
 pytestmark = pytest.mark.integration

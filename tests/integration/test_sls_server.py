@@ -13,9 +13,9 @@ import msgspec
 import pytest
 from aliyun.log import IndexConfig, LogClient, LogException, LogItem, PutLogsRequest
 
-from agent.sinks.sls.config import SlsSinkConfig
-from agent.sinks.sls.index import audit_index
-from agent.sinks.sls.sink import SlsSink
+from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
+from kube_audit_shipper.sinks.sls.index import audit_index
+from kube_audit_shipper.sinks.sls.sink import SlsSink
 from tests.support.corpus import numbered_lines
 from tests.support.sls_server import SlsTestServer
 

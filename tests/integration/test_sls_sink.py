@@ -16,14 +16,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from agent.checkpoint.ledger import Ledger
-from agent.deadletter.store import DeadLetterStore
-from agent.delivery.config import BatchConfig, RetryConfig
-from agent.delivery.engine import SinkRunner
-from agent.model import Chunk
-from agent.sinks.sls.config import SlsSinkConfig
-from agent.sinks.sls.shape import TRUNCATED_ANNOTATION, parse_time
-from agent.sinks.sls.sink import SlsSink
+from kube_audit_shipper.checkpoint.ledger import Ledger
+from kube_audit_shipper.deadletter.store import DeadLetterStore
+from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
+from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.model import Chunk
+from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
+from kube_audit_shipper.sinks.sls.shape import TRUNCATED_ANNOTATION, parse_time
+from kube_audit_shipper.sinks.sls.sink import SlsSink
 from tests.support.corpus import corpus_lines, numbered_lines
 from tests.support.sls_server import SlsTestServer
 

@@ -61,7 +61,7 @@ def test_the_build_stage_installs_the_checkout_into_a_venv() -> None:
     build = stages()[0]
     copies = [c for c in build if c.cmd == "COPY"]
     sources = {src for c in copies for src in c.value[:-1]}
-    assert sources == {"pyproject.toml", "README.md", "agent"}
+    assert sources == {"pyproject.toml", "README.md", "kube_audit_shipper"}
     for src in sources:
         assert (REPO / src).exists(), src  # relative to the build context, the repository root
     run = " ".join(c.value[0] for c in build if c.cmd == "RUN")
@@ -98,7 +98,7 @@ def test_no_remote_or_archive_add() -> None:
 def test_context_filter_keeps_what_the_build_copies() -> None:
     lines = [line for line in IGNORE.read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!README.md", "!agent/"} <= set(lines)
+    assert {"!pyproject.toml", "!README.md", "!kube_audit_shipper/"} <= set(lines)
 
 
 def test_hadolint_finds_no_issue() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import agent
+import kube_audit_shipper
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +39,7 @@ SOURCES: dict[Path, bytes] = {}  # the agent's sources as they were when the pac
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("deb")
     before = {p.name for p in REPO.iterdir()}
-    SOURCES.update({p.relative_to(REPO / "agent"): p.read_bytes() for p in (REPO / "agent").rglob("*.py")})
+    SOURCES.update({p.relative_to(REPO / "kube_audit_shipper"): p.read_bytes() for p in (REPO / "kube_audit_shipper").rglob("*.py")})
     r = subprocess.run(["bash", str(DEB_DIR / "build.sh"), "--out", str(out), "--compress-level", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     path = Path(r.stdout.strip().splitlines()[-1])
@@ -62,7 +62,7 @@ def field(deb: Path, name: str) -> str:
 
 def test_file_name_and_control_fields(deb: Path) -> None:
     arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True, check=True).stdout.strip()
-    version = f"{agent.__version__}-1"
+    version = f"{kube_audit_shipper.__version__}-1"
     assert deb.name == f"kube-audit-shipper_{version}_{arch}.deb"
     assert field(deb, "Package") == "kube-audit-shipper"
     assert field(deb, "Version") == version
@@ -109,7 +109,7 @@ def test_contents_listing(deb: Path) -> None:
     assert files["usr/bin/kube-audit-shipper"][0].startswith("l") and files["usr/bin/kube-audit-shipper"][2] == f"/{PREFIX}/bin/kube-audit-shipper"
     assert files[f"{PREFIX}/bin/python3.11"][2] == PYTHON  # bound to the Debian interpreter it depends on
     site = f"{PREFIX}/lib/python3.11/site-packages"
-    for mod in ("agent/cli.py", "agent/systemd.py", "agent/obs/logs.py", "msgspec", "zstandard", "yaml", "prometheus_client", "watchdog"):
+    for mod in ("kube_audit_shipper/cli.py", "kube_audit_shipper/systemd.py", "kube_audit_shipper/obs/logs.py", "msgspec", "zstandard", "yaml", "prometheus_client", "watchdog"):
         assert any(p == f"{site}/{mod}" or p.startswith(f"{site}/{mod}/") for p in files), mod
     assert "usr/share/doc/kube-audit-shipper/copyright" in files
     # no pip, no activate scripts: the venv is dpkg's to manage
@@ -122,7 +122,7 @@ def test_contents_listing(deb: Path) -> None:
 def test_installed_files_are_the_repositorys(tree: Path) -> None:
     assert (tree / UNIT).read_text() == (REPO / "systemd" / "kube-audit-shipper.service").read_text()
     assert (tree / "etc/kube-audit-shipper/config.yaml").read_text() == (REPO / "config" / "default.yaml").read_text()
-    packaged = tree / PREFIX / "lib/python3.11/site-packages/agent"
+    packaged = tree / PREFIX / "lib/python3.11/site-packages/kube_audit_shipper"
     assert SOURCES
     for rel, data in SOURCES.items():
         assert (packaged / rel).read_bytes() == data, rel
@@ -139,12 +139,12 @@ def test_the_venv_is_relocated_to_opt(tree: Path) -> None:
             assert b"/kas-deb." not in path.read_bytes(), f"{path} names the build directory"
     assert not list(venv.glob("lib/python3.11/site-packages/kube_audit_shipper-*.dist-info/direct_url.json"))
     # bytecode compiled for the installed paths, validated by hash (dpkg does not keep mtimes meaningful)
-    pyc = next((venv / "lib/python3.11/site-packages/agent/__pycache__").glob("cli.cpython-311.pyc"))
+    pyc = next((venv / "lib/python3.11/site-packages/kube_audit_shipper/__pycache__").glob("cli.cpython-311.pyc"))
     data = pyc.read_bytes()
     flags = int.from_bytes(data[4:8], "little")
     assert flags & 0b11 == 0b11  # checked-hash
-    assert marshal.loads(data[16:]).co_filename == f"/{PREFIX}/lib/python3.11/site-packages/agent/cli.py"
-    sources = list((venv / "lib/python3.11/site-packages/agent").rglob("*.py"))
+    assert marshal.loads(data[16:]).co_filename == f"/{PREFIX}/lib/python3.11/site-packages/kube_audit_shipper/cli.py"
+    sources = list((venv / "lib/python3.11/site-packages/kube_audit_shipper").rglob("*.py"))
     for src in sources:
         assert list((src.parent / "__pycache__").glob(src.stem + ".cpython-311.pyc")), src
 
@@ -161,11 +161,11 @@ def test_md5sums_match(tree: Path) -> None:
 def test_the_packaged_agent_runs(tree: Path) -> None:
     python = tree / PREFIX / "bin" / "python"
     r = subprocess.run([str(python), str(tree / PREFIX / "bin" / "kube-audit-shipper"), "--version"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.strip() == f"kube-audit-shipper {agent.__version__}", r.stderr
-    r = subprocess.run([str(python), "-c", "import sys, agent; print(sys.prefix); print(agent.__file__)"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 0 and r.stdout.strip() == f"kube-audit-shipper {kube_audit_shipper.__version__}", r.stderr
+    r = subprocess.run([str(python), "-c", "import sys, kube_audit_shipper; print(sys.prefix); print(kube_audit_shipper.__file__)"], capture_output=True, text=True, timeout=60, cwd="/")
     prefix, module = r.stdout.split()
     assert Path(prefix) == tree / PREFIX and Path(module).is_relative_to(tree / PREFIX)  # its own venv, not the test's
-    r = subprocess.run([str(python), "-m", "agent", "validate", "-c", str(tree / "etc/kube-audit-shipper/config.yaml")], capture_output=True, text=True, timeout=60, cwd="/")
+    r = subprocess.run([str(python), "-m", "kube_audit_shipper", "validate", "-c", str(tree / "etc/kube-audit-shipper/config.yaml")], capture_output=True, text=True, timeout=60, cwd="/")
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 

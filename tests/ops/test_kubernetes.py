@@ -15,9 +15,9 @@ import pytest
 import yaml
 from kubernetes_validate.utils import all_versions
 
-import agent
-from agent.config import load as load_config
-from agent.policy.load import load_policy
+import kube_audit_shipper
+from kube_audit_shipper.config import load as load_config
+from kube_audit_shipper.process.policy.load import load_policy
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "packaging" / "kubernetes"
@@ -182,7 +182,7 @@ def test_probes_resources_and_ports_match_the_config(tmp_path: Path) -> None:
 
 def test_image_tag_is_the_agent_version() -> None:
     c = _container(manifests())
-    assert c["image"] == f"kube-audit-shipper:{agent.__version__}"
+    assert c["image"] == f"kube-audit-shipper:{kube_audit_shipper.__version__}"
 
 
 def _load_configmap_config(tmp_path: Path) -> Any:

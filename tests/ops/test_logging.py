@@ -1,4 +1,4 @@
-"""agent.obs.logs: rate limiting of repeated records, secret scrubbing in both formats, journald priorities."""
+"""kube_audit_shipper.obs.logs: rate limiting of repeated records, secret scrubbing in both formats, journald priorities."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.obs import logs
+from kube_audit_shipper.obs import logs
 
 
 class Clock:
@@ -181,8 +181,8 @@ def test_setup_installs_one_rate_limited_handler(root_logger: logging.Logger) ->
     handler = logs.setup("info", "text", stream=buf, journal=False)
     assert root_logger.handlers == [handler]
     for _ in range(100):
-        logging.getLogger("agent.delivery.engine").error("sink blocked", extra={"sink": "s3"})
-    logging.getLogger("agent.x").debug("not at info level")
+        logging.getLogger("kube_audit_shipper.delivery.engine").error("sink blocked", extra={"sink": "s3"})
+    logging.getLogger("kube_audit_shipper.x").debug("not at info level")
     handler.close()
     lines = buf.getvalue().splitlines()
     assert len(lines) == 2

@@ -18,7 +18,7 @@ import yaml
 
 from tests.ops.monitoring import ALERTS, JOB, SCRAPE, SYNTHETIC, alert_rules, all_used_metric_names, dashboard, dashboard_exprs, dashboard_panels, selectors
 
-# The agent's metric names (agent/obs/metrics.py), as samples: counters with _total, histograms' series.
+# The agent's metric names (kube_audit_shipper/obs/metrics.py), as samples: counters with _total, histograms' series.
 CONTRACT = {
     "kube_audit_shipper_events_read_total",
     "kube_audit_shipper_events_shipped_total",

@@ -1,4 +1,4 @@
-"""agent.systemd.Notifier against a real AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
+"""kube_audit_shipper.systemd.Notifier against a real AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.systemd import Notifier
+from kube_audit_shipper.systemd import Notifier
 
 
 class FakeSystemd:

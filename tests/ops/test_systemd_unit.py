@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import _parser
+from kube_audit_shipper.cli import _parser
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "kube-audit-shipper.service"
@@ -144,7 +144,7 @@ def _verify_root(tmp_path: Path, unit_text: str, executable: Path | None = None)
     if executable is not None:
         shutil.copy2(executable, exe)
     else:
-        exe.write_text("#!/bin/sh\nexec python3 -m agent \"$@\"\n")
+        exe.write_text("#!/bin/sh\nexec python -m kube_audit_shipper \"$@\"\n")
         exe.chmod(0o755)
     return root
 

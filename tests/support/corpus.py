@@ -1,4 +1,4 @@
-"""Real audit events from ../shared/corpus/real-audit, and numbered copies of them for loss/dup checks."""
+"""Real audit events from tests/data/real-audit (see its SOURCES.md), and numbered copies of them for loss/dup checks."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import msgspec
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-REAL_AUDIT = SHARED / "corpus" / "real-audit"
-POLICIES = SHARED / "corpus" / "policies"
+DATA = REPO / "tests" / "data"  # copied into the repository with their sources and licences
+REAL_AUDIT = DATA / "real-audit"
+POLICIES = DATA / "policies"
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ The server records what it stored (`stored` counts by auditID, `records` the fir
 arrival order) and every request it saw (`hits`: time, ids, action, status), plus the most requests
 it ever had in progress at once (`max_inflight`).
 
-FaultSink implements agent/delivery/contract.py: `send` is one POST with httpx (a timeout, one client,
+FaultSink implements kube_audit_shipper/delivery/contract.py: `send` is one POST with httpx (a timeout, one client,
 closed in `aclose`), `classify` maps the answer as a real HTTP sink does: 2xx Delivered; 408, 429, 5xx
 and transport errors (refused, reset, timeout) Retry (with Retry-After); 401/403/404 and TLS failures
 Blocked; 413 Split; other 4xx Rejected (the listed records, with their reasons, or all of them).
@@ -43,9 +43,9 @@ from typing import Any, Self
 import httpx
 import msgspec
 
-from agent.delivery.answers import retry_after
+from kube_audit_shipper.delivery.answers import retry_after
 
-from agent.delivery.contract import (
+from kube_audit_shipper.delivery.contract import (
     Blocked,
     Delivered,
     Outcome,

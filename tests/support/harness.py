@@ -11,8 +11,8 @@ from typing import Any
 
 import zstandard
 
-from agent.app import Agent
-from agent.config import Config, parse
+from kube_audit_shipper.app import Agent
+from kube_audit_shipper.config import Config, parse
 
 
 def make_config(tmp: Path, *, paths: list[str] | None = None, sink: dict[str, Any] | None = None, **top: Any) -> Config:

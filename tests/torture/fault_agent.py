@@ -16,10 +16,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agent.app import Agent
-from agent.config import load
-from agent.obs import logs
-from agent.sinks.registry import build_sink
+from kube_audit_shipper.app import Agent
+from kube_audit_shipper.config import load
+from kube_audit_shipper.obs import logs
+from kube_audit_shipper.sinks.registry import build_sink
 from tests.support.fault_sink import FaultSink
 
 

@@ -19,7 +19,7 @@ import random
 import sys
 from pathlib import Path
 
-from agent.delivery.spool import RecordId, Spool, SpoolFullError
+from kube_audit_shipper.delivery.spool import RecordId, Spool, SpoolFullError
 
 
 def payload(n: int, rng: random.Random) -> bytes:

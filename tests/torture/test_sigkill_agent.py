@@ -45,9 +45,9 @@ def _ids_on_disk(logdir: Path) -> list[str]:
 
 
 def _agent(cfg: Path, *extra: str) -> subprocess.Popen[bytes]:
-    with open(cfg.parent / "agent.log", "ab") as log:  # the child keeps its own copy of the descriptor
+    with open(cfg.parent / "kube_audit_shipper.log", "ab") as log:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "agent", "--log-level", "warning", "run", "-c", str(cfg), *extra],
+            [sys.executable, "-m", "kube_audit_shipper", "--log-level", "warning", "run", "-c", str(cfg), *extra],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -55,7 +55,7 @@ def _agent(cfg: Path, *extra: str) -> subprocess.Popen[bytes]:
 
 
 def _log_tail(cfg: Path) -> str:
-    return (cfg.parent / "agent.log").read_text(errors="replace")[-3000:]
+    return (cfg.parent / "kube_audit_shipper.log").read_text(errors="replace")[-3000:]
 
 
 @pytest.mark.parametrize("compress", [False, True], ids=["rename", "rename+gzip"])
@@ -78,7 +78,7 @@ def test_sigkill_during_writes_and_rotations_loses_nothing(tmp_path: Path, compr
             }
         )
     )
-    writer_args = [sys.executable, "-m", "agent.demo.apiserver", "--path", str(logdir / "audit.log"), "--events", str(EVENTS), "--rate", str(RATE), "--max-bytes", str(400_000), "--seed", "7"]
+    writer_args = [sys.executable, "-m", "kube_audit_shipper.demo.apiserver", "--path", str(logdir / "audit.log"), "--events", str(EVENTS), "--rate", str(RATE), "--max-bytes", str(400_000), "--seed", "7"]
     if compress:
         writer_args.append("--compress")
     writer = subprocess.Popen(writer_args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.delivery.spool import Spool
+from kube_audit_shipper.delivery.spool import Spool
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = Path(__file__).with_name("spool_writer.py")

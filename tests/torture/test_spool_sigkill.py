@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.deadletter.store import DeadLetterStore
-from agent.delivery.spool import SEGMENT_HEADER_SIZE, Spool
+from kube_audit_shipper.deadletter.store import DeadLetterStore
+from kube_audit_shipper.delivery.spool import SEGMENT_HEADER_SIZE, Spool
 from tests.support.corpus import REPO, audit_id, numbered_lines
 from tests.support.fault_sink import OK, FaultServer, slow
 from tests.support.harness import append, sink_lines
@@ -96,7 +96,7 @@ def test_sigkill_during_spool_writes_and_replay_loses_nothing(tmp_path: Path) ->
             }
         )
     )
-    agent_log = tmp_path / "agent.log"
+    agent_log = tmp_path / "kube_audit_shipper.log"
 
     def start(url: str, *extra: str) -> subprocess.Popen[bytes]:
         with open(agent_log, "ab") as log:  # the child keeps its own descriptor

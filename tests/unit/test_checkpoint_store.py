@@ -1,4 +1,4 @@
-"""Unit tests for agent.checkpoint.store: the atomic checkpoint file."""
+"""Unit tests for kube_audit_shipper.checkpoint.store: the atomic checkpoint file."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.checkpoint.store import VERSION, CheckpointStore, Entry, write_atomic
-from agent.errors import StateError
-from agent.source.identity import Fingerprint
+from kube_audit_shipper.checkpoint.store import VERSION, CheckpointStore, Entry, write_atomic
+from kube_audit_shipper.errors import StateError
+from kube_audit_shipper.source.identity import Fingerprint
 
 
 def entries() -> list[Entry]:

@@ -1,4 +1,4 @@
-"""Unit tests for agent.config, agent.config_convert and agent.config_subst."""
+"""Unit tests for kube_audit_shipper.config, kube_audit_shipper.config_convert and kube_audit_shipper.config_subst."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import msgspec
 import pytest
 import yaml
 
-from agent.config import Config, load, parse
-from agent.config_convert import convert_all, describe
-from agent.config_subst import substitute
-from agent.delivery.config import BatchConfig, RetryConfig
-from agent.errors import ConfigError
-from agent.sinks.file.config import FileSinkConfig
+from kube_audit_shipper.config import Config, load, parse
+from kube_audit_shipper.config_convert import convert_all, describe
+from kube_audit_shipper.config_subst import substitute
+from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
+from kube_audit_shipper.errors import ConfigError
+from kube_audit_shipper.sinks.file.config import FileSinkConfig
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"sinks": [{"name": "a", "type": "file", "path": "/x"}]}

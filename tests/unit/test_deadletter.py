@@ -1,4 +1,4 @@
-"""Unit tests for agent.deadletter.store: records, encodings, bounds, torn tails."""
+"""Unit tests for kube_audit_shipper.deadletter.store: records, encodings, bounds, torn tails."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from agent.deadletter.store import VERSION, DeadLetterStore
+from kube_audit_shipper.deadletter.store import VERSION, DeadLetterStore
 
 MiB = 1 << 20
 

@@ -1,4 +1,4 @@
-"""Unit tests for agent.process.decode: event checks and chunk building."""
+"""Unit tests for kube_audit_shipper.process.decode: event checks and chunk building."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.deadletter.store import DeadLetterStore
-from agent.errors import MalformedEventError
-from agent.model import Chunk
-from agent.process.decode import LineProcessor, check_event
-from agent.source.reader import LineReader, Lines
+from kube_audit_shipper.deadletter.store import DeadLetterStore
+from kube_audit_shipper.errors import MalformedEventError
+from kube_audit_shipper.model import Chunk
+from kube_audit_shipper.process.decode import LineProcessor, check_event
+from kube_audit_shipper.source.reader import LineReader, Lines
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-CORPUS_DIR = SHARED / "corpus" / "real-audit"
+from tests.support.corpus import DATA
+CORPUS_DIR = DATA / "real-audit"
 MiB = 1 << 20
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for agent.delivery.engine.SinkRunner against the sink contract (delivery/contract.py).
+"""Unit tests for kube_audit_shipper.delivery.engine.SinkRunner against the sink contract (delivery/contract.py).
 
 Batching, exact acknowledgements, out-of-order completion, retries with full-jitter backoff and
 Retry-After, Rejected/Blocked/Split outcomes, max_retry_age give-ups, the spool (ack after fsync,
@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from agent.checkpoint.ledger import Ledger
-from agent.deadletter.store import DeadLetterStore
-from agent.delivery import engine as engine_mod
-from agent.delivery.config import BatchConfig, RetryConfig
-from agent.delivery.contract import (
+from kube_audit_shipper.checkpoint.ledger import Ledger
+from kube_audit_shipper.deadletter.store import DeadLetterStore
+from kube_audit_shipper.delivery import engine as engine_mod
+from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
+from kube_audit_shipper.delivery.contract import (
     Blocked,
     Delivered,
     Outcome,
@@ -34,9 +34,9 @@ from agent.delivery.contract import (
     Split,
     split_in_half,
 )
-from agent.delivery.engine import SinkRunner
-from agent.delivery.spool import Spool
-from agent.model import Chunk
+from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.spool import Spool
+from kube_audit_shipper.model import Chunk
 
 MiB = 1 << 20
 FAST_RETRY = RetryConfig(initial_ms=1, max_ms=5)
@@ -711,7 +711,7 @@ async def test_blocked_waits_max_ms_logs_once_per_interval_keeps_data_then_recov
     dl: DeadLetterStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(engine_mod, "BLOCKED_LOG_INTERVAL_S", 0.3)
-    caplog.set_level(logging.INFO, logger="agent.delivery.engine")
+    caplog.set_level(logging.INFO, logger="kube_audit_shipper.delivery.engine")
     model = Model(27)
     chunks = [model.chunk(1, [90, 90]), model.chunk(1, [90, 90])]
     blocked_until = [float("inf")]

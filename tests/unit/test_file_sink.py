@@ -1,4 +1,4 @@
-"""Unit tests for agent.sinks.file.sink: zstd NDJSON files, rotation, temp names, crash recovery, and the
+"""Unit tests for kube_audit_shipper.sinks.file.sink: zstd NDJSON files, rotation, temp names, crash recovery, and the
 sink contract (encode -> requests, one-attempt send, classify: ENOSPC is Retry and the retry appends to a
 clean end; a permission error is Blocked)."""
 
@@ -19,18 +19,18 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from agent.checkpoint.ledger import Ledger
-from agent.deadletter.store import DeadLetterStore
-from agent.delivery.config import BatchConfig, RetryConfig
-from agent.delivery.contract import Blocked, Delivered, Reply, Request, Retry
-from agent.delivery.engine import SinkRunner
-from agent.model import Chunk
-from agent.sinks.file import sink as sink_mod
-from agent.sinks.file.config import FileSinkConfig
-from agent.sinks.file.sink import FileSink, valid_prefix
+from kube_audit_shipper.checkpoint.ledger import Ledger
+from kube_audit_shipper.deadletter.store import DeadLetterStore
+from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Reply, Request, Retry
+from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.model import Chunk
+from kube_audit_shipper.sinks.file import sink as sink_mod
+from kube_audit_shipper.sinks.file.config import FileSinkConfig
+from kube_audit_shipper.sinks.file.sink import FileSink, valid_prefix
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-CORPUS_DIR = SHARED / "corpus" / "real-audit"
+from tests.support.corpus import DATA
+CORPUS_DIR = DATA / "real-audit"
 MiB = 1 << 20
 FINAL_RE = re.compile(r"^audit-(\d{8}T\d{6}\.\d{6})Z-(\d{4})\.ndjson\.zst$")
 TMP_RE = re.compile(r"^\.audit-\d{8}T\d{6}\.\d{6}Z-\d{4}\.ndjson\.zst\.tmp$")

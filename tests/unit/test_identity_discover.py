@@ -1,4 +1,4 @@
-"""Unit tests for agent.source.identity (fingerprints, checkpoint matching) and agent.source.discover."""
+"""Unit tests for kube_audit_shipper.source.identity (fingerprints, checkpoint matching) and kube_audit_shipper.source.discover."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.checkpoint.store import Entry
-from agent.source.discover import Found, backup_pattern, discover, split_backup
-from agent.source.identity import FP_BYTES, FileStat, Fingerprint, is_gzip_fd, match_checkpoint, read_head
+from kube_audit_shipper.checkpoint.store import Entry
+from kube_audit_shipper.source.discover import Found, backup_pattern, discover, split_backup
+from kube_audit_shipper.source.identity import FP_BYTES, FileStat, Fingerprint, is_gzip_fd, match_checkpoint, read_head
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-CORPUS_DIR = SHARED / "corpus" / "real-audit"
+from tests.support.corpus import DATA
+CORPUS_DIR = DATA / "real-audit"
 
 TS0 = "2026-11-22T09-00-00.000"
 TS1 = "2026-11-22T10-00-00.000"

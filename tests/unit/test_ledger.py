@@ -1,4 +1,4 @@
-"""Unit tests for agent.checkpoint.ledger: per-sink acknowledged ranges -> the offset every sink holds."""
+"""Unit tests for kube_audit_shipper.checkpoint.ledger: per-sink acknowledged ranges -> the offset every sink holds."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.checkpoint.ledger import Ledger
+from kube_audit_shipper.checkpoint.ledger import Ledger
 
 
 class Recorder:

@@ -1,4 +1,4 @@
-"""Unit tests for agent.source.reader.LineReader on real files: plain, gzip, offsets, oversize lines."""
+"""Unit tests for kube_audit_shipper.source.reader.LineReader on real files: plain, gzip, offsets, oversize lines."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.source import reader as reader_mod
-from agent.source.reader import CorruptInputError, LineReader, Lines
+from kube_audit_shipper.source import reader as reader_mod
+from kube_audit_shipper.source.reader import CorruptInputError, LineReader, Lines
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-CORPUS_DIR = SHARED / "corpus" / "real-audit"
+from tests.support.corpus import DATA
+CORPUS_DIR = DATA / "real-audit"
 
 
 def corpus_bytes() -> bytes:

@@ -1,4 +1,4 @@
-"""Unit tests for agent.sinks.s3.config: the issue's public config parses; cross-field errors are all reported."""
+"""Unit tests for kube_audit_shipper.sinks.s3.config: the issue's public config parses; cross-field errors are all reported."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import msgspec
 import pytest
 import yaml
 
-from agent.config import parse
-from agent.errors import ConfigError
-from agent.sinks.s3.config import S3SinkConfig
+from kube_audit_shipper.config import parse
+from kube_audit_shipper.errors import ConfigError
+from kube_audit_shipper.sinks.s3.config import S3SinkConfig
 
 ISSUE_EXAMPLE = """
 - name: archive-s3

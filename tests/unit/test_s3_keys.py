@@ -1,4 +1,4 @@
-"""Unit tests for agent.sinks.s3.keys: rendering, partitions, the listing prefix, this node's keys, event times."""
+"""Unit tests for kube_audit_shipper.sinks.s3.keys: rendering, partitions, the listing prefix, this node's keys, event times."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import msgspec
 import pytest
 
-from agent.demo.events import AuditEventGenerator
-from agent.sinks.s3.keys import KeyTemplate, event_time, format_seq, safe_value
+from kube_audit_shipper.demo.events import AuditEventGenerator
+from kube_audit_shipper.sinks.s3.keys import KeyTemplate, event_time, format_seq, safe_value
 from tests.support.corpus import corpus_lines
 
 DEFAULT = "audit/cluster={cluster_id}/dt=%Y-%m-%d/hour=%H/{node}-{first_ts}-{seq}.ndjson.zst"

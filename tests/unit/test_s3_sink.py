@@ -1,4 +1,4 @@
-"""Unit tests for agent.sinks.s3 without a server: the sink contract (encode splits at partitions, classify),
+"""Unit tests for kube_audit_shipper.sinks.s3 without a server: the sink contract (encode splits at partitions, classify),
 the S3 error table, checksums and the per-object request parameters."""
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import pytest
 import zstandard
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError, SSLError
 
-from agent.delivery.contract import Blocked, Delivered, Reply, Request, Retry, Sink
-from agent.demo.events import AuditEventGenerator, EventMix
-from agent.sinks.registry import build_sink
-from agent.sinks.s3.config import S3SinkConfig
-from agent.sinks.s3.errors import classify_error
-from agent.sinks.s3.keys import event_time
-from agent.sinks.s3.sink import S3Sink
-from agent.sinks.s3.staging import StagingFullError
-from agent.sinks.s3.upload import Uploader, checksum_args
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Reply, Request, Retry, Sink
+from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
+from kube_audit_shipper.sinks.registry import build_sink
+from kube_audit_shipper.sinks.s3.config import S3SinkConfig
+from kube_audit_shipper.sinks.s3.errors import classify_error
+from kube_audit_shipper.sinks.s3.keys import event_time
+from kube_audit_shipper.sinks.s3.sink import S3Sink
+from kube_audit_shipper.sinks.s3.staging import StagingFullError
+from kube_audit_shipper.sinks.s3.upload import Uploader, checksum_args
 from tests.support.corpus import numbered_lines
 
 T0 = datetime(2026, 11, 22, 9, 58, 0, tzinfo=timezone.utc)

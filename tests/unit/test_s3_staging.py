@@ -1,4 +1,4 @@
-"""Unit tests for agent.sinks.s3.staging: frames fsynced per batch, rotation by size / age / partition,
+"""Unit tests for kube_audit_shipper.sinks.s3.staging: frames fsynced per batch, rotation by size / age / partition,
 torn tails cut at the last whole frame after a crash, the persistent counter, the space bound."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import msgspec
 import pytest
 import zstandard
 
-from agent.sinks.s3 import staging as staging_mod
-from agent.sinks.s3.keys import KeyTemplate
-from agent.sinks.s3.staging import Staging, StagingFullError, valid_prefix
+from kube_audit_shipper.sinks.s3 import staging as staging_mod
+from kube_audit_shipper.sinks.s3.keys import KeyTemplate
+from kube_audit_shipper.sinks.s3.staging import Staging, StagingFullError, valid_prefix
 from tests.support.corpus import numbered_lines
 
 MiB = 1 << 20

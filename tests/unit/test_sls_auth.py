@@ -13,7 +13,7 @@ import pytest
 from aliyun.log.auth import AuthV1, AuthV4
 from aliyun.log.credentials import StaticCredentialsProvider
 
-from agent.sinks.sls.auth import (
+from kube_audit_shipper.sinks.sls.auth import (
     Credentials,
     CredentialsError,
     CredentialSource,

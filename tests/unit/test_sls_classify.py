@@ -9,9 +9,9 @@ import httpx
 import msgspec
 import pytest
 
-from agent.delivery.contract import Blocked, Delivered, Rejected, Reply, Request, Retry, Split
-from agent.sinks.sls.config import SlsSinkConfig
-from agent.sinks.sls.sink import SlsSink
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Rejected, Reply, Request, Retry, Split
+from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
+from kube_audit_shipper.sinks.sls.sink import SlsSink
 
 SECRET = "THE-SECRET-VALUE"
 

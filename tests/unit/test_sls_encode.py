@@ -13,10 +13,10 @@ import pytest
 import zstandard
 from aliyun.log.log_logs_pb2 import LogGroup
 
-from agent.sinks.sls import pb
-from agent.sinks.sls.config import SlsSinkConfig
-from agent.sinks.sls.shape import TRUNCATED_ANNOTATION, parse_time, shape
-from agent.sinks.sls.sink import SlsSink, hash_key
+from kube_audit_shipper.sinks.sls import pb
+from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
+from kube_audit_shipper.sinks.sls.shape import TRUNCATED_ANNOTATION, parse_time, shape
+from kube_audit_shipper.sinks.sls.sink import SlsSink, hash_key
 from tests.support.corpus import corpus_lines, numbered_lines
 
 
@@ -278,7 +278,7 @@ def test_endpoint_forms_host_and_project_header() -> None:
 def test_fit_always_fits_and_keeps_the_identity(seed: int) -> None:
     import random
 
-    from agent.sinks.sls.shape import fit, log_size
+    from kube_audit_shipper.sinks.sls.shape import fit, log_size
 
     rnd = random.Random(seed)
     event = json.loads(numbered_lines(1, start=seed)[0])

@@ -1,4 +1,4 @@
-"""Unit tests for agent.delivery.spool: order, acks, restart, torn tails, corruption, bounds, roll-over."""
+"""Unit tests for kube_audit_shipper.delivery.spool: order, acks, restart, torn tails, corruption, bounds, roll-over."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.delivery import spool as spool_mod
-from agent.delivery.spool import (
+from kube_audit_shipper.delivery import spool as spool_mod
+from kube_audit_shipper.delivery.spool import (
     RECORD_OVERHEAD,
     SEGMENT_HEADER_SIZE,
     RecordId,
@@ -20,7 +20,7 @@ from agent.delivery.spool import (
     Spool,
     SpoolFullError,
 )
-from agent.errors import StateError
+from kube_audit_shipper.errors import StateError
 
 
 def text_payload(n: int, size: int = 2000) -> bytes:

@@ -1,4 +1,4 @@
-"""The pipeline contract of agent/process/transform.py: build_transform, Transform.apply, drops and matched."""
+"""The pipeline contract of kube_audit_shipper/process/transform.py: build_transform, Transform.apply, drops and matched."""
 
 from __future__ import annotations
 
@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from agent.enrich.config import DerivedConfig, EnrichConfig, RedactConfig
-from agent.errors import MalformedEventError
-from agent.policy.load import load_policy, parse_policy
-from agent.policy.match import compile_policy
-from agent.process.transform import Transform, build_transform
+from kube_audit_shipper.process.enrich.config import DerivedConfig, EnrichConfig, RedactConfig
+from kube_audit_shipper.errors import MalformedEventError
+from kube_audit_shipper.process.policy.load import load_policy, parse_policy
+from kube_audit_shipper.process.policy.match import compile_policy
+from kube_audit_shipper.process.transform import Transform, build_transform
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+from tests.support.corpus import DATA
 OFF = EnrichConfig(enabled=False)
 
 
 def corpus_lines() -> list[bytes]:
-    files = sorted((SHARED / "corpus" / "real-audit").glob("*.jsonl"))
-    assert files, "shared/ must sit beside the repository"
+    files = sorted((DATA / "real-audit").glob("*.jsonl"))
+    assert files, "no corpus under tests/data"
     return [line for path in files for line in path.read_bytes().splitlines() if line.strip()]
 
 
@@ -153,7 +153,7 @@ def test_policy_trim_redaction_and_enrichment_together():
 
 def test_every_corpus_policy_with_full_enrichment_never_crashes():
     lines = corpus_lines()
-    for path in sorted((SHARED / "corpus" / "policies").glob("*.yaml")):
+    for path in sorted((DATA / "policies").glob("*.yaml")):
         compiled, _ = load_policy(str(path))
         transform = build_transform(compiled, EnrichConfig(static_fields={"cluster_id": "c"}), node_name="n")
         for line in lines:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import agent
-from agent.demo.apiserver import (
+import kube_audit_shipper
+from kube_audit_shipper.demo.apiserver import (
     OversizeLineError,
     RotatingAuditWriter,
     backup_name,
@@ -26,10 +26,10 @@ from agent.demo.apiserver import (
     list_backups,
     write_events,
 )
-from agent.demo.events import AuditEventGenerator, EventMix
+from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc)
-REPO = Path(agent.__file__).resolve().parent.parent
+REPO = Path(kube_audit_shipper.__file__).resolve().parent.parent
 
 
 def ticking(step: timedelta = timedelta(seconds=1), start: datetime = T0) -> Callable[[], datetime]:
@@ -201,7 +201,7 @@ def test_compress_file_replaces_a_partial_gz(tmp_path: Path) -> None:
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "agent.demo.apiserver", *args], cwd=tmp_path, env=env,
+    return subprocess.Popen([sys.executable, "-m", "kube_audit_shipper.demo.apiserver", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -10,7 +10,7 @@ from itertools import pairwise
 
 import pytest
 
-from agent.demo.events import DEFAULT_START_TIME, AuditEventGenerator, EventMix
+from kube_audit_shipper.demo.events import DEFAULT_START_TIME, AuditEventGenerator, EventMix
 
 N = 20_000
 ORDER = ["kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user", "impersonatedUser",

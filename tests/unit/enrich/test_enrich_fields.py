@@ -8,14 +8,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agent.enrich.address import is_public_ip
-from agent.enrich.config import DerivedConfig, EnrichConfig, RedactConfig
-from agent.enrich.fields import Enricher
-from agent.enrich.identity import effective_user, user_kind, user_named_in_reason
-from agent.enrich.timestamps import latency_ms, parse_timestamp
-from agent.policy.event import UserInfo, decode_event
+from kube_audit_shipper.process.enrich.address import is_public_ip
+from kube_audit_shipper.process.enrich.config import DerivedConfig, EnrichConfig, RedactConfig
+from kube_audit_shipper.process.enrich.fields import Enricher
+from kube_audit_shipper.process.enrich.identity import effective_user, user_kind, user_named_in_reason
+from kube_audit_shipper.process.enrich.timestamps import latency_ms, parse_timestamp
+from kube_audit_shipper.process.policy.event import UserInfo, decode_event
 
-SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
+from tests.support.corpus import DATA
 PREFIXES = ("system:", "eks:")
 
 
@@ -201,7 +201,7 @@ def test_portforward_and_attach_sessions():
 
 
 def test_corpus_exec_event_decodes_command():
-    lines = (SHARED / "corpus" / "real-audit" / "panther-labs-panther-analysis-tests.jsonl").read_bytes().splitlines()
+    lines = (DATA / "real-audit" / "panther-labs-panther-analysis-tests.jsonl").read_bytes().splitlines()
     found = [derive(line)["pod_session"] for line in lines if b"credentials.json&container=webapp" in line]
     assert found == [
         {

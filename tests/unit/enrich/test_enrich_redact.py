@@ -9,9 +9,9 @@ import json
 import msgspec
 import pytest
 
-from agent.enrich.config import RedactConfig, RedactRule
-from agent.enrich.redact import Redactor, parse_field_path, parse_json_pointer
-from agent.policy.event import decode_event
+from kube_audit_shipper.process.enrich.config import RedactConfig, RedactRule
+from kube_audit_shipper.process.enrich.redact import Redactor, parse_field_path, parse_json_pointer
+from kube_audit_shipper.process.policy.event import decode_event
 
 ENCODER = msgspec.json.Encoder()
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from agent.errors import MalformedEventError
-from agent.policy.attributes import RequestInfo, parse_request_info, request_attributes, split_request_uri
-from agent.policy.event import decode_event
+from kube_audit_shipper.errors import MalformedEventError
+from kube_audit_shipper.process.policy.attributes import RequestInfo, parse_request_info, request_attributes, split_request_uri
+from kube_audit_shipper.process.policy.event import decode_event
 
 NON_RESOURCE = RequestInfo(False)
 

@@ -1,4 +1,4 @@
-"""`policy check`: per-rule statistics over recorded logs (agent/commands/policy_check.py, agent/policy/report.py)."""
+"""`policy check`: per-rule statistics over recorded logs (kube_audit_shipper/commands/policy_check.py, kube_audit_shipper/process/policy/report.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import json
 import textwrap
 from pathlib import Path
 
-from agent.commands.policy_check import EXIT_INVALID_POLICY, EXIT_LOG_ERROR, EXIT_OK, run_policy_check
+from kube_audit_shipper.commands.policy_check import EXIT_INVALID_POLICY, EXIT_LOG_ERROR, EXIT_OK, run_policy_check
 
-SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
-CORPUS = SHARED / "corpus"
+from tests.support.corpus import DATA
+CORPUS = DATA
 
 POLICY = textwrap.dedent(
     """\

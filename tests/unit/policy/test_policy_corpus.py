@@ -1,4 +1,4 @@
-"""The real policies and events of ../shared/corpus: they load (or fail) as kube-apiserver would, and every
+"""The real policies and events of tests/data (copied with their SOURCES.md): they load (or fail) as kube-apiserver would, and every
 event goes through evaluation and trimming."""
 
 from __future__ import annotations
@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy.attributes import request_attributes
-from agent.policy.event import decode_event
-from agent.policy.load import load_policy
-from agent.policy.match import DecisionCache
-from agent.policy.schema import LEVEL_RANK
-from agent.process.transform import Transform
+from kube_audit_shipper.process.policy.attributes import request_attributes
+from kube_audit_shipper.process.policy.event import decode_event
+from kube_audit_shipper.process.policy.load import load_policy
+from kube_audit_shipper.process.policy.match import DecisionCache
+from kube_audit_shipper.process.policy.schema import LEVEL_RANK
+from kube_audit_shipper.process.transform import Transform
 
-SHARED = Path(__file__).resolve().parents[3] / ".." / "shared"
-POLICIES = SHARED / "corpus" / "policies"
-EVENTS = SHARED / "corpus" / "real-audit"
+from tests.support.corpus import DATA
+POLICIES = DATA / "policies"
+EVENTS = DATA / "real-audit"
 
 # Every published policy here loads on a current kube-apiserver except the v1beta1 one (refused since 1.24,
 # which we accept with a deprecation warning, as 1.21-1.23 did). Expected warnings, per file:
@@ -44,7 +44,7 @@ RULE_COUNTS = {
 
 def policy_files() -> list[Path]:
     files = sorted(POLICIES.glob("*.yaml"))
-    assert files, f"no policies under {POLICIES} (shared/ must sit beside the repository)"
+    assert files, f"no policies under {POLICIES} "
     return files
 
 

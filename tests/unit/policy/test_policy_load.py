@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-from agent.errors import PolicyError
-from agent.policy.load import load_policy, parse_policy
-from agent.policy.schema import GroupResources, Policy, PolicyRule
-from agent.policy.validate import validate_policy
+from kube_audit_shipper.errors import PolicyError
+from kube_audit_shipper.process.policy.load import load_policy, parse_policy
+from kube_audit_shipper.process.policy.schema import GroupResources, Policy, PolicyRule
+from kube_audit_shipper.process.policy.validate import validate_policy
 
 HEADER = "apiVersion: audit.k8s.io/v1\nkind: Policy\n"
 

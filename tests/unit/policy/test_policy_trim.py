@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.policy.event import decode_event
-from agent.policy.match import Decision, compile_policy
-from agent.policy.schema import LEVEL_RANK, LEVELS, STAGES, GroupResources, Policy, PolicyRule
-from agent.policy.trim import DROPPED_LEVEL, DROPPED_STAGE, KEPT, effective_level, strip_managed_fields, trim_event
-from agent.process.transform import Transform
+from kube_audit_shipper.process.policy.event import decode_event
+from kube_audit_shipper.process.policy.match import Decision, compile_policy
+from kube_audit_shipper.process.policy.schema import LEVEL_RANK, LEVELS, STAGES, GroupResources, Policy, PolicyRule
+from kube_audit_shipper.process.policy.trim import DROPPED_LEVEL, DROPPED_STAGE, KEPT, effective_level, strip_managed_fields, trim_event
+from kube_audit_shipper.process.transform import Transform
 
 ENCODER = msgspec.json.Encoder()
 MANAGED = [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:metadata": {"f:labels": {}}}}]

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.policy.attributes import RequestAttributes, request_attributes
-from agent.policy.event import decode_event
-from agent.policy.match import NO_MATCH, DecisionCache, compile_policy
-from agent.policy.schema import LEVELS, GroupResources, Policy, PolicyRule
+from kube_audit_shipper.process.policy.attributes import RequestAttributes, request_attributes
+from kube_audit_shipper.process.policy.event import decode_event
+from kube_audit_shipper.process.policy.match import NO_MATCH, DecisionCache, compile_policy
+from kube_audit_shipper.process.policy.schema import LEVELS, GroupResources, Policy, PolicyRule
 
 TIM = "tim@k8s.io"
 TIM_GROUPS = ("humans", "developers")

@@ -8,10 +8,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from agent.config import parse
-from agent.errors import ConfigError
-from agent.sinks.loki.config import BasicAuth, LokiSinkConfig, LokiTlsConfig
-from agent.sinks.loki.fields import FIELDS
+from kube_audit_shipper.config import parse
+from kube_audit_shipper.errors import ConfigError
+from kube_audit_shipper.sinks.loki.config import BasicAuth, LokiSinkConfig, LokiTlsConfig
+from kube_audit_shipper.sinks.loki.fields import FIELDS
 
 ISSUE_EXAMPLE = {
     "name": "loki",

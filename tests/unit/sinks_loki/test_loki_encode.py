@@ -11,11 +11,11 @@ import cramjam
 import msgspec
 import pytest
 
-from agent.delivery.contract import Request
-from agent.demo.events import AuditEventGenerator, EventMix
-from agent.sinks.loki.config import LokiSinkConfig
-from agent.sinks.loki.event import TRIM_ANNOTATION, parse_ns
-from agent.sinks.loki.sink import LokiSink
+from kube_audit_shipper.delivery.contract import Request
+from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
+from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
+from kube_audit_shipper.sinks.loki.event import TRIM_ANNOTATION, parse_ns
+from kube_audit_shipper.sinks.loki.sink import LokiSink
 from tests.support.corpus import corpus_lines, numbered_lines
 from tests.support.loki_wire import parse_labels, push_request_class
 
@@ -236,7 +236,7 @@ def test_the_biggest_stream_of_a_request_goes_last() -> None:
 
 
 def test_the_sink_meets_the_contract() -> None:
-    from agent.delivery.contract import Sink
+    from kube_audit_shipper.delivery.contract import Sink
 
     sink = make()
     assert isinstance(sink, Sink) and sink.max_concurrency == 1 and sink.name == "loki"

@@ -12,10 +12,10 @@ import httpx
 import msgspec
 import pytest
 
-from agent.delivery.contract import Blocked, Delivered, Rejected, Reply, Request, Retry, Split
-from agent.sinks.loki.config import LokiSinkConfig
-from agent.sinks.loki.replies import CredentialsError, TlsSetupError, reason_code, retry_after
-from agent.sinks.loki.sink import LokiSink
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Rejected, Reply, Request, Retry, Split
+from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
+from kube_audit_shipper.sinks.loki.replies import CredentialsError, TlsSetupError, reason_code, retry_after
+from kube_audit_shipper.sinks.loki.sink import LokiSink
 
 OOO_LABELS = {"case": "ooo", "job": "edge", "run": "r1"}
 OOO_STREAM = '{case="ooo", job="edge", run="r1", service_name="edge"}'

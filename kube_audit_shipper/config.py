@@ -1,0 +1,94 @@
+"""The root config: one YAML file composing each component's own config struct.
+
+`load(path)` reads YAML, substitutes `${VAR}` / `${file:/path}`, converts into frozen msgspec Structs
+and raises ConfigError listing every problem with its key path. Only `cli` turns that into an exit code.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+
+from kube_audit_shipper.checkpoint.config import CheckpointConfig
+from kube_audit_shipper.config_convert import convert_all
+from kube_audit_shipper.config_subst import substitute
+from kube_audit_shipper.deadletter.config import DeadLetterConfig
+from kube_audit_shipper.delivery.config import BatchConfig
+from kube_audit_shipper.process.enrich.config import EnrichConfig
+from kube_audit_shipper.errors import ConfigError
+from kube_audit_shipper.obs.config import MetricsConfig
+from kube_audit_shipper.process.policy.config import PolicyConfig
+from kube_audit_shipper.sinks.registry import SinkConfig
+from kube_audit_shipper.source.config import InputConfig
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    state_dir: Annotated[str, msgspec.Meta(min_length=1, description="checkpoints, dead letters, spool")] = "/var/lib/kube-audit-shipper"
+    node_name: Annotated[str | None, msgspec.Meta(description="this node's name in metrics, file names and enrichment; default: hostname")] = None
+    input: InputConfig = msgspec.field(default_factory=InputConfig)
+    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
+    enrich: EnrichConfig = msgspec.field(default_factory=EnrichConfig)
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
+    sinks: Annotated[list[SinkConfig], msgspec.Meta(min_length=1, description="where events go; every sink gets every event")]  # type: ignore[valid-type]
+    checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
+    deadletter: DeadLetterConfig = msgspec.field(default_factory=DeadLetterConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    memory_limit_bytes: Annotated[
+        int, msgspec.Meta(ge=1 << 20, description="bytes of events in memory (read, not yet acknowledged by every sink); the reader waits above it")
+    ] = 16 << 20
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600, description="SIGTERM: time to finish in-flight batches before exit")] = 30.0
+
+    @property
+    def node(self) -> str:
+        return self.node_name or socket.gethostname()
+
+    def batch_for(self, sink: Any) -> BatchConfig:
+        return sink.batch or self.batch
+
+
+def _duplicate_sink_names(sinks: Any) -> list[str]:
+    """Checked on the raw data, so it is reported along with every other error."""
+    seen: set[str] = set()
+    errors = []
+    for i, sink in enumerate(sinks if isinstance(sinks, list) else []):
+        name = sink.get("name") if isinstance(sink, dict) else None
+        if isinstance(name, str):
+            if name in seen:
+                errors.append(f"sinks[{i}].name: duplicate sink name {name!r}")
+            seen.add(name)
+    return errors
+
+
+def parse(data: Any, *, env: dict[str, str] | None = None, source: str | None = None) -> Config:
+    data, errors = substitute(data, env)
+    config, conv_errors = convert_all(data, Config)
+    errors += conv_errors
+    errors += _duplicate_sink_names(data.get("sinks") if isinstance(data, dict) else None)
+    if errors:
+        raise ConfigError(errors, source)
+    return config
+
+
+def load(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc.strerror or exc}"], str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config file is not UTF-8: {exc}"], str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError([f"{where}invalid YAML: {getattr(exc, 'problem', None) or exc}"], str(path)) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping of keys, got {type(data).__name__}"], str(path))
+    return parse(data, env=env, source=str(path))

@@ -1,0 +1,154 @@
+"""Cut a recorded event down to what the policy allows.
+
+* The effective level is the lower of the decision's level and the level the event was recorded at: bodies that
+  were never recorded cannot appear. An event without a (known) `level` is taken as recorded at
+  RequestResponse, so the policy's level applies.
+* Level None, or a stage in the effective omitStages: the event is dropped.
+* Metadata: `requestObject` and `responseObject` removed. Request: `responseObject` removed.
+* `level` is rewritten to the effective level when the event has a `level` field (a field is never added).
+* omitManagedFields (effective true, level Request or above): `metadata.managedFields` is removed from a single
+  object, from every `items[*]` of a List and from every `rows[*].object` of a `Table`, in `requestObject` and
+  `responseObject`. As upstream, a *patch* request body is left alone: it is the patch document, logged raw.
+
+Bodies are only parsed when they contain the bytes `managedFields`, and then only along the path to it
+(object → metadata, or List → items → metadata): `spec`/`status` are copied as raw bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+from msgspec import Raw
+
+from kube_audit_shipper.process.policy.event import RecordedEvent
+from kube_audit_shipper.process.policy.match import Decision
+from kube_audit_shipper.process.policy.schema import LEVEL_RANK, LEVELS, RANK_NONE, RANK_REQUEST, RANK_REQUEST_RESPONSE
+
+KEPT = 0
+DROPPED_LEVEL = 1
+DROPPED_STAGE = 2
+
+_MANAGED_FIELDS = b"managedFields"
+_TABLE_KIND = b'"Table"'
+_OBJECT = msgspec.json.Decoder(dict[str, Raw])
+_ARRAY = msgspec.json.Decoder(list[Raw])
+_ENCODER = msgspec.json.Encoder()
+
+
+def recorded_rank(recorded_level: str | None) -> int:
+    """Rank of the level an event was recorded at; absent or unknown counts as RequestResponse."""
+    return LEVEL_RANK.get(recorded_level, RANK_REQUEST_RESPONSE) if recorded_level else RANK_REQUEST_RESPONSE
+
+
+def effective_level(decision_level: int, recorded_level: str | None) -> int:
+    """min(policy level, recorded level) as a rank."""
+    recorded = recorded_rank(recorded_level)
+    return decision_level if decision_level < recorded else recorded
+
+
+def trim_event(event: RecordedEvent, decision: Decision) -> int:
+    """Apply `decision` to `event` in place; return KEPT, DROPPED_LEVEL or DROPPED_STAGE."""
+    view = event.view
+    recorded = view.level or None
+    recorded_at = recorded_rank(recorded)
+    level = decision.level if decision.level < recorded_at else recorded_at
+    if level == RANK_NONE:
+        return DROPPED_LEVEL
+    if view.stage and view.stage in decision.omit_stages:
+        return DROPPED_STAGE
+    # Removed by the effective level even when the recorded level says they should not be there (hand-made
+    # events): a Metadata event never ships a body.
+    if level < RANK_REQUEST:
+        event.remove("requestObject")
+        event.remove("responseObject")
+    elif level < RANK_REQUEST_RESPONSE:
+        event.remove("responseObject")
+    if recorded is not None and recorded != LEVELS[level]:
+        event.set("level", LEVELS[level])
+    if decision.omit_managed_fields and level >= RANK_REQUEST:
+        if view.verb != "patch":
+            _strip_field(event, "requestObject")
+        _strip_field(event, "responseObject")
+    return KEPT
+
+
+def _strip_field(event: RecordedEvent, name: str) -> None:
+    raw = event.get(name)
+    if raw is not None:
+        stripped = strip_managed_fields(raw)
+        if stripped is not None:
+            event.set(name, stripped)
+
+
+def strip_managed_fields(body: Raw | bytes) -> Raw | None:
+    """`body` without `metadata.managedFields` (object, List items, Table rows), or None when nothing changed."""
+    data = bytes(body)
+    if _MANAGED_FIELDS not in data:
+        return None
+    try:
+        top = _OBJECT.decode(data)
+    except msgspec.ValidationError:
+        return None  # an array (JSON patch), a string...: no object metadata to strip
+    changed = _strip_object_metadata(top)
+    items = top.get("items")
+    if items is not None:
+        changed |= _strip_each(top, "items", items, _strip_object_metadata)
+    rows = top.get("rows")
+    kind = top.get("kind")
+    if rows is not None and kind is not None and bytes(kind) == _TABLE_KIND:
+        changed |= _strip_each(top, "rows", rows, _strip_row_object)
+    return Raw(_ENCODER.encode(top)) if changed else None
+
+
+def _strip_object_metadata(obj: dict[str, Raw]) -> bool:
+    """Remove `metadata.managedFields` from a decoded object in place; True if it was there."""
+    metadata = obj.get("metadata")
+    if metadata is None or _MANAGED_FIELDS not in bytes(metadata):
+        return False
+    try:
+        fields = _OBJECT.decode(metadata)
+    except msgspec.ValidationError:
+        return False
+    if fields.pop("managedFields", None) is None:
+        return False
+    obj["metadata"] = Raw(_ENCODER.encode(fields))
+    return True
+
+
+def _strip_row_object(row: dict[str, Raw]) -> bool:
+    """A Table row: strip the embedded `object` (a full object or PartialObjectMetadata)."""
+    embedded = row.get("object")
+    if embedded is None:
+        return False
+    stripped = strip_managed_fields(embedded)
+    if stripped is None:
+        return False
+    row["object"] = stripped
+    return True
+
+
+def _strip_each(container: dict[str, Raw], key: str, raw_array: Raw, strip: Callable[[dict[str, Raw]], bool]) -> bool:
+    """Apply `strip` to every object element of `container[key]`; re-encode the array if any changed."""
+    data = bytes(raw_array)
+    if _MANAGED_FIELDS not in data:
+        return False
+    try:
+        elements = _ARRAY.decode(data)
+    except msgspec.ValidationError:
+        return False
+    changed = False
+    for index, element in enumerate(elements):
+        element_bytes = bytes(element)
+        if _MANAGED_FIELDS not in element_bytes:
+            continue
+        try:
+            obj = _OBJECT.decode(element_bytes)
+        except msgspec.ValidationError:
+            continue
+        if strip(obj):
+            elements[index] = Raw(_ENCODER.encode(obj))
+            changed = True
+    if changed:
+        container[key] = Raw(_ENCODER.encode(elements))
+    return changed
