@@ -108,7 +108,11 @@ class Agent:
         entries = self.store.load()
         self.deadletter = DeadLetterStore(cfg.state_dir, max_bytes=cfg.deadletter.max_bytes, max_event_bytes=cfg.deadletter.max_event_bytes)
         self.processor = LineProcessor(build_transform(cfg), self.deadletter)
-        sinks = self._sinks_override if self._sinks_override is not None else [build_sink(s, node=cfg.node, state_dir=cfg.state_dir, input_paths=cfg.input.paths) for s in cfg.sinks]
+        sinks = (
+            self._sinks_override
+            if self._sinks_override is not None
+            else [build_sink(s, node=cfg.node, state_dir=cfg.state_dir, input_paths=cfg.input.paths) for s in cfg.sinks]
+        )
         by_name = {s.name: s for s in cfg.sinks}
         ledger = Ledger([s.name for s in sinks], on_advance=self._on_advance)
         self.ledger = ledger

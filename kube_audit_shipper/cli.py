@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import logging
 import sys
@@ -41,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the agent", description="Run the agent until SIGTERM/SIGINT (or, with --once, until everything in the files now is acknowledged).")
+    run = sub.add_parser(
+        "run", help="run the agent", description="Run the agent until SIGTERM/SIGINT (or, with --once, until everything in the files now is acknowledged)."
+    )
     run.add_argument("-c", "--config", required=True, help="config YAML file")
     run.add_argument("--once", action="store_true", help="ship everything the files hold now, wait until every sink acknowledged it, exit 0")
 
@@ -64,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("logs", nargs="*", metavar="LOG", help="audit log files (default: none, only validates the policy)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
 
-    dl = sub.add_parser("deadletter", help="inspect and replay dead letters", description="Inspect the dead-letter store under state_dir and send its events again after a fix.")
+    dl = sub.add_parser(
+        "deadletter", help="inspect and replay dead letters", description="Inspect the dead-letter store under state_dir and send its events again after a fix."
+    )
     dl_sub = dl.add_subparsers(dest="deadletter_command", metavar="SUBCOMMAND", required=True)
     dl_list = dl_sub.add_parser("list", help="list dead letters not yet replayed")
     dl_list.add_argument("-c", "--config", required=True)
@@ -80,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sls_ensure.add_parser(sub)
 
-    demo = sub.add_parser("demo", help="run the built-in demo", description="Write realistic audit events to a temporary audit.log, rotate it as kube-apiserver does, and ship it with the real pipeline to a zstd file sink.")
+    demo = sub.add_parser(
+        "demo",
+        help="run the built-in demo",
+        description="Write realistic audit events to a temporary audit.log, rotate it as kube-apiserver does, and ship it with the real pipeline to a zstd file sink.",
+    )
     demo.add_argument("--events", type=int, default=50_000, help="events to write (default: 50000)")
     demo.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
     demo.add_argument("--dir", help="directory to use (default: a new temporary directory)")
@@ -92,10 +101,8 @@ def _limit_malloc_arenas(arenas: int = 1) -> None:
     """glibc gives each thread that contends for the heap an arena of its own (up to 8 per core); event bytes allocated
     in one thread and freed in another fragment them, and RSS grows far past memory_limit_bytes. Before any thread."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
-        except (OSError, AttributeError):
-            pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,4 +197,3 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_demo(events=args.events, rate=args.rate, directory=args.dir, seed=args.seed, out=sys.stdout)
     raise AssertionError(args.command)
-

@@ -18,9 +18,9 @@ from kube_audit_shipper.config_convert import convert_all
 from kube_audit_shipper.config_subst import substitute
 from kube_audit_shipper.deadletter.config import DeadLetterConfig
 from kube_audit_shipper.delivery.config import BatchConfig
-from kube_audit_shipper.process.enrich.config import EnrichConfig
 from kube_audit_shipper.errors import ConfigError
 from kube_audit_shipper.obs.config import MetricsConfig
+from kube_audit_shipper.process.enrich.config import EnrichConfig
 from kube_audit_shipper.process.policy.config import PolicyConfig
 from kube_audit_shipper.sinks.registry import SinkConfig
 from kube_audit_shipper.source.config import InputConfig

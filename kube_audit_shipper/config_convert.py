@@ -69,7 +69,15 @@ def describe(tp: Any) -> str:
     name = getattr(base, "__name__", str(base))
     bounds = []
     for m in metas:
-        for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "length >="), ("max_length", "length <="), ("pattern", "matching")):
+        for attr, op in (
+            ("ge", ">="),
+            ("gt", ">"),
+            ("le", "<="),
+            ("lt", "<"),
+            ("min_length", "length >="),
+            ("max_length", "length <="),
+            ("pattern", "matching"),
+        ):
             v = getattr(m, attr, None)
             if v is not None:
                 bounds.append(f"{op} {v}")
@@ -96,7 +104,7 @@ def _struct_tag_field(cls: type) -> str | None:
 
 def _tagged_union(data: Any, members: list[type], path: str, errors: list[str]) -> Any:
     tag_field = _struct_tag_field(members[0])
-    by_tag = {getattr(m, "__struct_config__").tag: m for m in members}
+    by_tag = {m.__struct_config__.tag: m for m in members}
     if not isinstance(data, dict):
         errors.append(f"{path}: expected mapping, got {_got(data)}")
         return _MISSING
@@ -153,7 +161,7 @@ def _convert(data: Any, tp: Any, path: str, errors: list[str]) -> Any:
             return _tagged_union(data, [base], path, errors)
         return _struct(data, base, path, errors)
     if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(base)]
+        args = list(typing.get_args(base))
         structs = [a for a in args if isinstance(a, type) and issubclass(a, msgspec.Struct)]
         if structs and len(structs) == len(args) and _struct_tag_field(structs[0]):
             return _tagged_union(data, structs, path, errors)
@@ -163,7 +171,7 @@ def _convert(data: Any, tp: Any, path: str, errors: list[str]) -> Any:
         if len(non_none) == 1:
             inner = non_none[0]
             inner_base, _ = _strip_annotated(inner)
-            if isinstance(inner_base, type) and issubclass(inner_base, msgspec.Struct) or typing.get_origin(inner_base) in (list, dict):
+            if (isinstance(inner_base, type) and issubclass(inner_base, msgspec.Struct)) or typing.get_origin(inner_base) in (list, dict):
                 return _convert(data, inner, path, errors)
         return _leaf(data, tp, path, errors)
     if origin is list:

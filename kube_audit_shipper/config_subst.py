@@ -15,7 +15,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-
 _PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 

@@ -1,10 +1,10 @@
 """The agent's exception tree.
 
-    AgentError                      base; `cli` maps it to an exit code
-    ├── ConfigError                 config file invalid: carries every problem found (exit 2)
-    ├── PolicyError                 audit Policy file invalid: carries every problem found (exit 2)
-    ├── StateError                  state_dir unusable (permissions, corrupt checkpoint that cannot be recovered)
-    └── MalformedEventError         one input line is not an audit event (dead-lettered, never fatal)
+AgentError                      base; `cli` maps it to an exit code
+├── ConfigError                 config file invalid: carries every problem found (exit 2)
+├── PolicyError                 audit Policy file invalid: carries every problem found (exit 2)
+├── StateError                  state_dir unusable (permissions, corrupt checkpoint that cannot be recovered)
+└── MalformedEventError         one input line is not an audit event (dead-lettered, never fatal)
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ class _ProblemListError(AgentError):
         self.problems = list(problems)
         self.source = source
         where = f" in {source}" if source else ""
-        super().__init__(
-            f"{len(self.problems)} {self.what}{where}:\n" + "\n".join(f"  {p}" for p in self.problems)
-        )
+        super().__init__(f"{len(self.problems)} {self.what}{where}:\n" + "\n".join(f"  {p}" for p in self.problems))
 
 
 class ConfigError(_ProblemListError):

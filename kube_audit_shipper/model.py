@@ -11,11 +11,9 @@ from __future__ import annotations
 
 
 class Chunk:
-    __slots__ = ("fid", "start", "end", "records", "ends", "starts", "last_line_end", "nbytes", "read_at")
+    __slots__ = ("end", "ends", "fid", "last_line_end", "nbytes", "read_at", "records", "start", "starts")
 
-    def __init__(
-        self, fid: int, start: int, end: int, records: list[bytes], ends: list[int], read_at: float, starts: list[int] | None = None
-    ) -> None:
+    def __init__(self, fid: int, start: int, end: int, records: list[bytes], ends: list[int], read_at: float, starts: list[int] | None = None) -> None:
         self.fid = fid
         self.start = start
         self.end = end

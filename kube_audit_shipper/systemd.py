@@ -165,7 +165,9 @@ class Notifier:
                 if text != last_status and self.status(text):
                     last_status = text
                 next_status = now + status_every_s
-            await asyncio.sleep(max(0.0, min(next_ping if wd is not None else float("inf"), next_status if status is not None else float("inf")) - time.monotonic()))
+            await asyncio.sleep(
+                max(0.0, min(next_ping if wd is not None else float("inf"), next_status if status is not None else float("inf")) - time.monotonic())
+            )
 
     @staticmethod
     def _status(text: str | None) -> tuple[str, ...]:

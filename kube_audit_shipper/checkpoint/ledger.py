@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 
 class _Progress:
-    __slots__ = ("upto", "ahead")
+    __slots__ = ("ahead", "upto")
 
     def __init__(self, upto: int) -> None:
         self.upto = upto

@@ -60,7 +60,7 @@ async def _replay(cfg: Config, records: list[dict[str, Any]], store: DeadLetterS
     ledger = Ledger(list(sinks))
     runners = {
         name: SinkRunner(sink, batch=cfg.batch_for(scfg), retry=scfg.retry, concurrency=1, ledger=ledger, deadletter=store)
-        for (name, sink), scfg in zip(sinks.items(), cfg.sinks)
+        for (name, sink), scfg in zip(sinks.items(), cfg.sinks, strict=True)
     }
     per_sink: dict[str, list[tuple[str, bytes]]] = {name: [] for name in sinks}
     skipped = 0
@@ -102,8 +102,10 @@ async def _replay(cfg: Config, records: list[dict[str, Any]], store: DeadLetterS
             await sink.aclose()
         store.close()
     rejected = sum(r.rejected_events + r.gave_up_events for r in runners.values())
-    out.write(f"replayed {sum(done.values())} event(s) ({', '.join(f'{k}: {v}' for k, v in done.items()) or 'none'}); "
-              f"{rejected} rejected again (new dead letters); {skipped} left in the store\n")
+    out.write(
+        f"replayed {sum(done.values())} event(s) ({', '.join(f'{k}: {v}' for k, v in done.items()) or 'none'}); "
+        f"{rejected} rejected again (new dead letters); {skipped} left in the store\n"
+    )
     return 0
 
 

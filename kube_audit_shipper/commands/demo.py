@@ -32,7 +32,7 @@ def _writer(path: Path, events: int, rate: float, seed: int, max_bytes: int, pro
                     ahead = i / rate - (time.monotonic() - started)
                     if ahead > 0.005:
                         time.sleep(ahead)
-    except BaseException as exc:  # reported by the demo, never silent
+    except BaseException as exc:  # noqa: BLE001  # reported by the demo, never silent
         failed.append(exc)
     finally:
         progress["done"] = 1

@@ -46,12 +46,12 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     from kube_audit_shipper import config as config_mod
 
     cfg = config_mod.load(args.config)
-    return run_sls_ensure(
-        cfg, sink=args.sink, ttl_days=args.ttl_days, shards=args.shards, update_index=args.update_index, dry_run=args.dry_run, out=out
-    )
+    return run_sls_ensure(cfg, sink=args.sink, ttl_days=args.ttl_days, shards=args.shards, update_index=args.update_index, dry_run=args.dry_run, out=out)
 
 
-def run_sls_ensure(cfg: Any, *, sink: str | None = None, ttl_days: int = 30, shards: int = 2, update_index: bool = False, dry_run: bool = False, out: TextIO) -> int:
+def run_sls_ensure(
+    cfg: Any, *, sink: str | None = None, ttl_days: int = 30, shards: int = 2, update_index: bool = False, dry_run: bool = False, out: TextIO
+) -> int:
     from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
 
     targets = [s for s in cfg.sinks if isinstance(s, SlsSinkConfig) and (sink is None or s.name == sink)]
@@ -130,7 +130,11 @@ async def _ensure_one(scfg: Any, *, ttl_days: int, shards: int, update_index: bo
                     "/logstores",
                     {"logstoreName": scfg.logstore, "ttl": ttl_days, "shardCount": shards, "autoSplit": True, "maxSplitShard": 64, "appendMeta": True},
                 )
-            say(f"{prefix}create logstore (retention {ttl_days} days, {shards} shards)" if dry_run else f"logstore created (retention {ttl_days} days, {shards} shards)")
+            say(
+                f"{prefix}create logstore (retention {ttl_days} days, {shards} shards)"
+                if dry_run
+                else f"logstore created (retention {ttl_days} days, {shards} shards)"
+            )
             existing = None
         else:
             info = json.loads(reply.body or b"{}")
@@ -142,7 +146,11 @@ async def _ensure_one(scfg: Any, *, ttl_days: int, shards: int, update_index: bo
             if not dry_run:
                 await call("POST", f"/logstores/{scfg.logstore}/index", want)
             names = sorted(want["keys"])
-            say(f"{prefix}create the audit index ({len(names)} keys: {', '.join(names)})" if dry_run else f"audit index created ({len(names)} keys: {', '.join(names)})")
+            say(
+                f"{prefix}create the audit index ({len(names)} keys: {', '.join(names)})"
+                if dry_run
+                else f"audit index created ({len(names)} keys: {', '.join(names)})"
+            )
         else:
             lacking = idx.missing(existing)
             if not lacking:

@@ -93,7 +93,7 @@ class Sink(Protocol):
 class Batch:
     """Records for one sink plus the input ranges they stand for, per file."""
 
-    __slots__ = ("records", "ranges", "parts", "nbytes", "started", "oldest_read")
+    __slots__ = ("nbytes", "oldest_read", "parts", "ranges", "records", "started")
 
     def __init__(self, started: float) -> None:
         self.records: list[bytes] = []

@@ -239,7 +239,7 @@ class SinkRunner:
         while True:
             try:
                 result: Any = await self.sink.send(request)
-            except Exception as exc:  # transport errors: the sink's classify decides what they mean
+            except Exception as exc:  # noqa: BLE001  # transport errors: the sink's classify decides what they mean
                 result = exc
             try:
                 outcome = self.sink.classify(request, result)
@@ -283,7 +283,9 @@ class SinkRunner:
             age = time.monotonic() - first_try
             max_age = self.retry_cfg.max_retry_age_s
             if max_age and age >= max_age:
-                self._dead(records, request.indices, f"gave up after retry.max_retry_age_s={max_age}: {outcome.reason}", None, kind="retry_exhausted", locate=locate)
+                self._dead(
+                    records, request.indices, f"gave up after retry.max_retry_age_s={max_age}: {outcome.reason}", None, kind="retry_exhausted", locate=locate
+                )
                 self.gave_up_events += len(request.indices)
                 return
             if spill:
@@ -297,7 +299,9 @@ class SinkRunner:
                 state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
                 state.attempt_number = attempt
                 delay = max(self._wait(state), outcome.after_s or 0.0)
-                log.warning("sink send failed; retrying", extra={"sink": self.name, "attempt": attempt, "retry_in_s": round(delay, 3), "reason": outcome.reason})
+                log.warning(
+                    "sink send failed; retrying", extra={"sink": self.name, "attempt": attempt, "retry_in_s": round(delay, 3), "reason": outcome.reason}
+                )
             if max_age:
                 delay = min(delay, max(0.0, max_age - age))
             await asyncio.sleep(delay)

@@ -127,7 +127,7 @@ class _Corrupt(Exception):
 class _Segment:
     """In-memory index of one segment file: its records (sorted by seq) and which are acked."""
 
-    __slots__ = ("number", "path", "size", "seqs", "spans", "acked", "n_acked", "first_unacked")
+    __slots__ = ("acked", "first_unacked", "n_acked", "number", "path", "seqs", "size", "spans")
 
     def __init__(self, number: int, path: Path, size: int) -> None:
         self.number, self.path, self.size = number, path, size
@@ -235,9 +235,7 @@ class Spool:
         self.segment_bytes = min(segment_bytes, max_bytes)
         self._level = compression_level
         self._ack_flush_every = ack_flush_every
-        self.stats = dict.fromkeys(
-            ("corrupt_records", "torn_tails_cut", "replayed_records", "quarantined_segments", "full_rejections"), 0
-        )
+        self.stats = dict.fromkeys(("corrupt_records", "torn_tails_cut", "replayed_records", "quarantined_segments", "full_rejections"), 0)
         self._lock = threading.Lock()  # in-memory state; never held during file I/O
         self._io_lock = threading.Lock()  # serialises file mutations: appends, deletions, cursor writes
         self._segments: dict[int, _Segment] = {}  # by number, ascending
@@ -273,9 +271,7 @@ class Spool:
     def _recover(self) -> None:
         (self.directory / "acks.tmp").unlink(missing_ok=True)
         cursor = self._load_cursor()
-        numbered = sorted(
-            (int(m.group(1)), p) for p in self.directory.iterdir() if (m := _SEGMENT_NAME.fullmatch(p.name))
-        )
+        numbered = sorted((int(m.group(1)), p) for p in self.directory.iterdir() if (m := _SEGMENT_NAME.fullmatch(p.name)))
         for i, (number, path) in enumerate(numbered):
             seg = self._scan(number, path, newest=i == len(numbered) - 1)
             if seg is not None:
@@ -344,9 +340,8 @@ class Spool:
             return None
         if len(raw) >= _CURSOR_HDR.size:
             magic, crc, next_seq, next_segment, count = _CURSOR_HDR.unpack_from(raw)
-            if magic == CURSOR_MAGIC and len(raw) == _CURSOR_HDR.size + count * _RANGE.size:
-                if zlib.crc32(memoryview(raw)[8 + 4 :]) == crc:
-                    return next_seq, next_segment, list(_RANGE.iter_unpack(raw[_CURSOR_HDR.size :]))
+            if magic == CURSOR_MAGIC and len(raw) == _CURSOR_HDR.size + count * _RANGE.size and zlib.crc32(memoryview(raw)[8 + 4 :]) == crc:
+                return next_seq, next_segment, list(_RANGE.iter_unpack(raw[_CURSOR_HDR.size :]))
         _log.warning("spool %s: invalid ack cursor ignored; all records will be replayed", self.directory)
         return None
 
@@ -370,9 +365,7 @@ class Spool:
                 data, flags = payload, 0
             size = RECORD_OVERHEAD + len(meta) + len(data)
             if max(len(payload), len(meta)) > _U32_MAX or size + SEGMENT_HEADER_SIZE > self.max_bytes:
-                raise RecordTooLargeError(
-                    f"spool record of {size} bytes (payload {len(payload)}) can never fit max_bytes={self.max_bytes}"
-                )
+                raise RecordTooLargeError(f"spool record of {size} bytes (payload {len(payload)}) can never fit max_bytes={self.max_bytes}")
             encoded.append((flags, bytes(meta), data, len(payload), size))
         if not encoded:
             return []
@@ -386,8 +379,7 @@ class Spool:
                 if rolls is None:
                     self.stats["full_rejections"] += 1
                     raise SpoolFullError(
-                        f"spool {self.directory} full: {self._live_bytes()} of {self.max_bytes} bytes used, "
-                        f"{sum(e[4] for e in encoded)} more needed"
+                        f"spool {self.directory} full: {self._live_bytes()} of {self.max_bytes} bytes used, {sum(e[4] for e in encoded)} more needed"
                     )
             try:
                 return self._write(encoded, rolls)
@@ -416,7 +408,7 @@ class Spool:
     def _write(self, encoded: list[tuple[int, bytes, bytes, int, int]], rolls: list[bool]) -> list[RecordId]:
         ids: list[RecordId] = []
         pending: list[tuple[int, int, int]] = []
-        for (flags, meta, data, raw_len, size), roll in zip(encoded, rolls):
+        for (flags, meta, data, raw_len, size), roll in zip(encoded, rolls, strict=True):
             if roll:
                 self._commit(pending)
                 pending = []
@@ -577,7 +569,7 @@ class Spool:
         ranges: list[tuple[int, int]] = []
         extend = False
         for seg in self._segments.values():
-            for seq, acked in zip(seg.seqs, seg.acked):
+            for seq, acked in zip(seg.seqs, seg.acked, strict=True):
                 if acked and extend:
                     ranges[-1] = (ranges[-1][0], seq)
                 elif acked:

@@ -46,8 +46,7 @@ from types import FrameType, TracebackType
 
 from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
 
-__all__ = ["OversizeLineError", "RotatingAuditWriter", "backup_name", "compress_file", "list_backups", "main",
-           "write_events"]
+__all__ = ["OversizeLineError", "RotatingAuditWriter", "backup_name", "compress_file", "list_backups", "main", "write_events"]
 
 _STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3}")
 _MS = timedelta(milliseconds=1)
@@ -77,9 +76,9 @@ def _stamp_of(path: Path, candidate: str) -> datetime | None:
     prefix, ext = _split(path)
     if not candidate.startswith(prefix + "-"):
         return None
-    rest = candidate[len(prefix) + 1:]
+    rest = candidate[len(prefix) + 1 :]
     for suffix in (ext + ".gz", ext):
-        stamp = rest[:len(rest) - len(suffix)] if suffix and rest.endswith(suffix) else None if suffix else rest
+        stamp = rest[: len(rest) - len(suffix)] if suffix and rest.endswith(suffix) else None if suffix else rest
         if stamp is not None and _STAMP.fullmatch(stamp):
             return datetime.strptime(stamp, "%Y-%m-%dT%H-%M-%S.%f").replace(tzinfo=timezone.utc)
     return None
@@ -107,8 +106,7 @@ def compress_file(src: str | os.PathLike[str]) -> Path:
         mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
         fd = os.open(dst, os.O_CREAT | os.O_TRUNC | os.O_WRONLY | os.O_CLOEXEC, mode)
         try:
-            with open(fd, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6,
-                                                      mtime=0) as gz:
+            with open(fd, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz:
                 shutil.copyfileobj(f, gz, 1 << 20)
         except BaseException:
             dst.unlink(missing_ok=True)
@@ -124,9 +122,17 @@ class RotatingAuditWriter:
     rotation, the directory. Safe to call from several threads; also a context manager.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_bytes: int, max_backups: int = 0, compress: bool = False,
-                 compress_async: bool = False, fsync: bool = False,
-                 clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        max_backups: int = 0,
+        compress: bool = False,
+        compress_async: bool = False,
+        fsync: bool = False,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
         if max_backups < 0:
@@ -145,8 +151,7 @@ class RotatingAuditWriter:
         self._mill_error: BaseException | None = None
         self._mill_thread: threading.Thread | None = None
         if compress_async:
-            self._mill_thread = threading.Thread(target=self._mill_loop, name=f"audit-mill:{self.path.name}",
-                                                 daemon=True)
+            self._mill_thread = threading.Thread(target=self._mill_loop, name=f"audit-mill:{self.path.name}", daemon=True)
             self._mill_thread.start()
 
     @property
@@ -171,7 +176,7 @@ class RotatingAuditWriter:
             assert self._fd is not None
             view = memoryview(data)
             while view:
-                view = view[os.write(self._fd, view):]
+                view = view[os.write(self._fd, view) :]
             if self.fsync:
                 os.fsync(self._fd)
             self._size += len(data)
@@ -262,8 +267,7 @@ class RotatingAuditWriter:
         now = now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
         stamp = now.replace(microsecond=now.microsecond // 1000 * 1000)
         existing = list_backups(self.path)
-        floor = [s + _MS for s in (self._last_stamp, _stamp_of(self.path, existing[-1].name) if existing else None)
-                 if s is not None]
+        floor = [s + _MS for s in (self._last_stamp, _stamp_of(self.path, existing[-1].name) if existing else None) if s is not None]
         stamp = max([stamp, *floor])
         while backup_name(self.path, stamp).exists() or Path(f"{backup_name(self.path, stamp)}.gz").exists():
             stamp += _MS
@@ -317,7 +321,7 @@ class RotatingAuditWriter:
                 self._mill_wanted, self._mill_busy = False, True
             try:
                 self._mill_once()
-            except Exception as exc:  # kept for flush()/close(); lumberjack would only log it
+            except Exception as exc:  # noqa: BLE001  # kept for flush()/close(); lumberjack would only log it
                 with self._mill_cv:
                     self._mill_error = exc
             finally:
@@ -326,17 +330,26 @@ class RotatingAuditWriter:
                     self._mill_cv.notify_all()
 
 
-def write_events(path: str | os.PathLike[str], n: int, *, seed: int = 0, max_bytes: int, max_backups: int = 0,
-                 compress: bool = False, compress_async: bool = False, clock: Callable[[], datetime] | None = None,
-                 mix: EventMix | None = None, start_time: datetime | None = None) -> list[str]:
+def write_events(
+    path: str | os.PathLike[str],
+    n: int,
+    *,
+    seed: int = 0,
+    max_bytes: int,
+    max_backups: int = 0,
+    compress: bool = False,
+    compress_async: bool = False,
+    clock: Callable[[], datetime] | None = None,
+    mix: EventMix | None = None,
+    start_time: datetime | None = None,
+) -> list[str]:
     """Write ``n`` generated events through a `RotatingAuditWriter`; the auditIDs written, in order.
 
     An event longer than ``max_bytes`` is dropped (and left out of the result), as the apiserver drops it.
     """
     gen = AuditEventGenerator(seed, start_time=start_time, mix=mix)
     written = []
-    with RotatingAuditWriter(path, max_bytes=max_bytes, max_backups=max_backups, compress=compress,
-                             compress_async=compress_async, clock=clock) as writer:
+    with RotatingAuditWriter(path, max_bytes=max_bytes, max_backups=max_backups, compress=compress, compress_async=compress_async, clock=clock) as writer:
         for audit_id, line in gen.records(n):
             try:
                 writer.write(line)
@@ -373,8 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = dropped = 0
     try:
         gen = AuditEventGenerator(args.seed, start_time=start)
-        with RotatingAuditWriter(args.path, max_bytes=args.max_bytes, max_backups=args.max_backups,
-                                 compress=args.compress, compress_async=True, fsync=args.fsync) as writer:
+        with RotatingAuditWriter(
+            args.path, max_bytes=args.max_bytes, max_backups=args.max_backups, compress=args.compress, compress_async=True, fsync=args.fsync
+        ) as writer:
             t0 = time.monotonic()
             for i in itertools.count() if args.events == 0 else range(args.events):
                 if args.rate > 0:

@@ -120,10 +120,7 @@ def _mask_kv(m: re.Match[str]) -> str:
     value = m.group("value")
     if value in _MASKED_VALUES:
         return m.group(0)
-    if value[:1] in "\"'":
-        masked = value[0] + MASK + (value[0] if len(value) > 1 and value[-1] == value[0] else "")
-    else:
-        masked = MASK
+    masked = value[0] + MASK + (value[0] if len(value) > 1 and value[-1] == value[0] else "") if value[:1] in "\"'" else MASK
     return m.group("key") + m.group("kq") + m.group("sep") + (m.group("scheme") or "") + masked
 
 
@@ -173,7 +170,7 @@ class TextFormatter(logging.Formatter):
 
 
 class _Window:
-    __slots__ = ("ends", "first", "suppressed", "last", "last_at")
+    __slots__ = ("ends", "first", "last", "last_at", "suppressed")
 
     def __init__(self, ends: float, first: float) -> None:
         self.ends, self.first, self.suppressed = ends, first, 0
@@ -226,7 +223,7 @@ class LogHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         try:
             key = _key(record)
-        except Exception:  # a bad format string: let logging report it as it always does
+        except Exception:  # noqa: BLE001  # a bad format string: let logging report it as it always does
             self.handleError(record)
             return
         window = self._windows.get(key)

@@ -23,11 +23,21 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.errors = Counter(P + "errors", "Errors by kind", ["kind"], registry=self.registry)
         self.sink_retries = Counter(P + "sink_retries", "Failed sends that will be retried", ["sink"], registry=self.registry)
-        self.deadlettered = Counter(P + "sink_events_deadlettered", "Events a sink dead-lettered (rejected, too large, retries given up)", ["sink", "reason"], registry=self.registry)
-        self.config_reloads = Counter(P + "config_reloads", "SIGHUP reloads by result (applied in place, restarted the pipeline, failed)", ["result"], registry=self.registry)
-        self.batch_send_seconds = Histogram(P + "batch_send_seconds", "Time to encode and deliver one batch, retries included", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.deadlettered = Counter(
+            P + "sink_events_deadlettered", "Events a sink dead-lettered (rejected, too large, retries given up)", ["sink", "reason"], registry=self.registry
+        )
+        self.config_reloads = Counter(
+            P + "config_reloads", "SIGHUP reloads by result (applied in place, restarted the pipeline, failed)", ["result"], registry=self.registry
+        )
+        self.batch_send_seconds = Histogram(
+            P + "batch_send_seconds", "Time to encode and deliver one batch, retries included", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry
+        )
         self.delivery_latency_seconds = Histogram(
-            P + "delivery_latency_seconds", "From reading a batch's oldest event to its acknowledgement by the sink", ["sink"], buckets=_LATENCY_BUCKETS, registry=self.registry
+            P + "delivery_latency_seconds",
+            "From reading a batch's oldest event to its acknowledgement by the sink",
+            ["sink"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self._collector: _StateCollector | None = None
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
@@ -84,7 +94,9 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily(P + "memory_limit_bytes", "memory_limit_bytes from the config", value=s["memory_limit"])
         yield GaugeMetricFamily(P + "files_tracked", "Input files currently tracked", value=s["files_tracked"])
         yield GaugeMetricFamily(
-            P + "oldest_unread_file_at_risk", "1 when a file being read is the oldest backup on disk (the next rotation may delete it)", value=1 if s["files_at_risk"] else 0
+            P + "oldest_unread_file_at_risk",
+            "1 when a file being read is the oldest backup on disk (the next rotation may delete it)",
+            value=1 if s["files_at_risk"] else 0,
         )
         state = GaugeMetricFamily(P + "sink_state", "1 for the sink's current state (ok, retrying, blocked)", labels=["sink", "state"])
         blocked = GaugeMetricFamily(P + "sink_blocked_seconds", "How long the sink has been blocked (0 when not blocked)", labels=["sink"])

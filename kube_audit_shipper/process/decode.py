@@ -75,7 +75,7 @@ class LineProcessor:
         counts: Counter[str] = Counter()
         transform = self.transform
         dropped = 0
-        for line, end in zip(lines.lines, lines.ends):
+        for line, end in zip(lines.lines, lines.ends, strict=True):
             if not line or line.isspace():
                 counts["blank"] += 1
                 continue

@@ -23,7 +23,7 @@ SINK_IMPLEMENTATIONS: dict[str, str] = {
     "s3": "kube_audit_shipper.sinks.s3.sink:S3Sink",
 }
 
-SinkConfig = Union[tuple(SINK_CONFIGS.values())]  # type: ignore[valid-type]  # a tagged union on `type`
+SinkConfig = Union[tuple(SINK_CONFIGS.values())]  # type: ignore[valid-type]  # noqa: UP007  # a tagged union on `type`
 
 
 def sink_type(cfg: Any) -> str:

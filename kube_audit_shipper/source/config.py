@@ -28,6 +28,9 @@ class InputConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     ] = 16 * MiB
     read_chunk_bytes: Annotated[int, msgspec.Meta(ge=4096, le=64 * MiB, description="bytes read per system call")] = 1 * MiB
     poll_interval_ms: Annotated[
-        int, msgspec.Meta(ge=10, le=60_000, description="how often open files are checked (fstat) for new lines; inotify reports only files created, moved or deleted")
+        int,
+        msgspec.Meta(
+            ge=10, le=60_000, description="how often open files are checked (fstat) for new lines; inotify reports only files created, moved or deleted"
+        ),
     ] = 200
     rescan_interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000, description="how often globs are re-evaluated")] = 5000

@@ -87,8 +87,7 @@ def discover(patterns: list[str], exclude: list[str]) -> list[Found]:
             continue
         except OSError as exc:  # typically EACCES: kube-apiserver makes the audit directory 0700
             log.warning(
-                "cannot list the audit log directory; rotated files there are not found (the agent needs read access: "
-                "root, or CAP_DAC_READ_SEARCH)",
+                "cannot list the audit log directory; rotated files there are not found (the agent needs read access: root, or CAP_DAC_READ_SEARCH)",
                 extra={"dir": d, "error": exc.strerror},
             )
             continue

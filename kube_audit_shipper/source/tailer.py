@@ -126,7 +126,10 @@ class Tailer:
     def _unreadable(self, tf: TrackedFile, reason: str) -> None:
         """A file that cannot be read further: record where and why, count it, move on."""
         self.read_errors += 1
-        log.error("cannot read file further; its remaining content is recorded as a dead letter", extra={"path": tf.entry.path, "offset": tf.entry.offset, "reason": reason})
+        log.error(
+            "cannot read file further; its remaining content is recorded as a dead letter",
+            extra={"path": tf.entry.path, "offset": tf.entry.offset, "reason": reason},
+        )
         self.processor.deadletter.add(reason=f"unreadable input: {reason}", sink=None, path=tf.entry.path, offset=tf.entry.offset, length=None, event=None)
         self.processor.count("deadletter:unreadable")
         tf.close()
@@ -198,7 +201,10 @@ class Tailer:
         try:
             fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            log.warning("cannot open an input file; it is not read (the agent needs read access: root, or CAP_DAC_READ_SEARCH)", extra={"path": f.path, "error": exc.strerror})
+            log.warning(
+                "cannot open an input file; it is not read (the agent needs read access: root, or CAP_DAC_READ_SEARCH)",
+                extra={"path": f.path, "error": exc.strerror},
+            )
             return
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (f.stat.dev, f.stat.ino):  # replaced between stat and open: next scan
@@ -360,7 +366,14 @@ class Tailer:
             return
         if tf.reader._pending or tf.reader._skipping:  # rotated file ending without a newline: ship nothing of it
             log.warning("rotated file ends with an incomplete line; it is dead-lettered", extra={"path": tf.entry.path, "offset": tf.reader.consumed})
-            self.processor.deadletter.add(reason="incomplete last line of a rotated file", sink=None, path=tf.entry.path, offset=tf.reader.consumed, length=tf.reader.read_pos - tf.reader.consumed, event=None)
+            self.processor.deadletter.add(
+                reason="incomplete last line of a rotated file",
+                sink=None,
+                path=tf.entry.path,
+                offset=tf.reader.consumed,
+                length=tf.reader.read_pos - tf.reader.consumed,
+                event=None,
+            )
             self.processor.count("deadletter:incomplete")
             end = tf.reader.read_pos
             tf.emitted_end = end

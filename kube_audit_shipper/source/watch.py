@@ -9,6 +9,7 @@ missed or overflowed notification delays a rescan by at most `rescan_interval_ms
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -29,8 +30,7 @@ log = logging.getLogger(__name__)
 
 # Directory entries only: no IN_MODIFY per write. kube-apiserver writes each event on its own, so that would be one
 # wake-up of the event loop per audit event; growth of an open file is noticed by the tailer's fstat poll.
-_ENTRY_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileDeletedEvent, FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+_ENTRY_EVENTS: list[type[FileSystemEvent]] = [FileCreatedEvent, FileDeletedEvent, FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
 
 
 class ChangeHints(FileSystemEventHandler):
@@ -76,10 +76,8 @@ class ChangeHints(FileSystemEventHandler):
             return
         if not self._pending.is_set():
             self._pending.set()
-            try:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 self._loop.call_soon_threadsafe(self._set)
-            except RuntimeError:  # loop closed during shutdown
-                pass
 
     def _set(self) -> None:
         self._pending.clear()

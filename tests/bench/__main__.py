@@ -49,8 +49,9 @@ def scenario_keys(only: list[str], rates: list[int]) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m tests.bench", description=(__doc__ or "").split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.bench", description=(__doc__ or "").split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help=f"tiny sizes, for a smoke test ({', '.join(f'{k}={v}' for k, v in QUICK.items())})")
     ap.add_argument("--size-mb", type=float, default=1000.0, help="backlog size, MB (default 1000)")
     ap.add_argument("--rotate-mb", type=float, default=100.0, help="the backlog log rotates at this size, MB, like --audit-log-maxsize (default 100)")
@@ -67,13 +68,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="also profile the backlog (policy) and the first steady rate with py-spy")
     ap.add_argument("--workdir", type=Path, default=None, help="where logs and outputs go (default: a new temporary directory, removed at the end)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--agent-src", type=Path, default=REPO,
-                    help="run the agent processes (backlog, steady) from this source tree, e.g. a patched copy, to measure a change; "
-                         "the stages scenario always runs in process, from this repo (default: this repo)")
+    ap.add_argument(
+        "--agent-src",
+        type=Path,
+        default=REPO,
+        help="run the agent processes (backlog, steady) from this source tree, e.g. a patched copy, to measure a change; "
+        "the stages scenario always runs in process, from this repo (default: this repo)",
+    )
     ap.add_argument("--timeout", type=float, default=1800.0, help="limit for any single process, s (default 1800)")
-    ap.add_argument("--quiet-wait", type=float, default=30.0,
-                    help="before each measurement, wait up to this many seconds for other processes to use < 0.25 core "
-                         "(0: do not wait; the load seen during each measurement is reported either way; default 30)")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each measurement, wait up to this many seconds for other processes to use < 0.25 core "
+        "(0: do not wait; the load seen during each measurement is reported either way; default 30)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         explicit = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv if argv is not None else sys.argv[1:]) if a.startswith("--")}
@@ -121,8 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             configs: dict[str, Path] = {}
             if "backlog" in args.only:
                 print(f"backlog: writing {args.size_mb:g} MB of audit log (seed {args.seed}) ...", file=sys.stderr, flush=True)
-                log = write_backlog(work / "log" / "audit.log", size_bytes=int(args.size_mb * MB), seed=args.seed,
-                                    rotate_bytes=int(args.rotate_mb * MB))
+                log = write_backlog(work / "log" / "audit.log", size_bytes=int(args.size_mb * MB), seed=args.seed, rotate_bytes=int(args.rotate_mb * MB))
                 result["input"] = log.as_dict()
                 print("backlog: references (cat, zstd, naive msgspec loop, the same + zstd) ...", file=sys.stderr, flush=True)
                 for name, figures in references.run_all(spawner, log, work, args.timeout, references.sink_zstd_level()).items():
@@ -140,15 +148,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     print("backlog: profiling the agent (policy) with py-spy ...", file=sys.stderr, flush=True)
                     config = agent_config(work, "profile-backlog", log.path, "policy", backfill=True)
                     result.setdefault("profile", {})["backlog_policy"] = profiling.profile(
-                        spawner, agent_argv(config, once=True), work / "profile-backlog.raw", rate=200, timeout=args.timeout, cwd=agent_src)
+                        spawner, agent_argv(config, once=True), work / "profile-backlog.raw", rate=200, timeout=args.timeout, cwd=agent_src
+                    )
                 shutil.rmtree(work / "log", ignore_errors=True)
             if "steady" in args.only:
                 event_bytes = steady.mean_event_bytes(args.seed)
                 for rate in args.rate_list:
                     print(f"steady: {rate} events/s for {args.seconds:g} s ...", file=sys.stderr, flush=True)
-                    sc[f"steady_{rate}"] = steady.run_rate(spawner, work, rate=rate, seconds=args.seconds, seed=args.seed,
-                                                           kind=args.steady_config, policy_file=POLICY_FILE,
-                                                           event_bytes=event_bytes, agent_src=agent_src)
+                    sc[f"steady_{rate}"] = steady.run_rate(
+                        spawner,
+                        work,
+                        rate=rate,
+                        seconds=args.seconds,
+                        seed=args.seed,
+                        kind=args.steady_config,
+                        policy_file=POLICY_FILE,
+                        event_bytes=event_bytes,
+                        agent_src=agent_src,
+                    )
                 if args.profile:
                     from tests.bench import profiling
 
@@ -157,16 +174,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     spy = profiling.available()
                     if spy is None:
                         raise RuntimeError("--profile needs py-spy (pip install py-spy; it is not a dependency of the project)")
-                    argv = [spy, "record", "--rate", "200", "--format", "raw", "--threads", "--duration", str(int(args.seconds)),
-                            "--output", str(raw), "--pid"]
-                    steady.run_rate(spawner, work / "profile", rate=args.rate_list[0], seconds=args.seconds, seed=args.seed,
-                                    kind=args.steady_config, policy_file=POLICY_FILE, event_bytes=event_bytes,
-                                    agent_src=agent_src, profile_argv=argv)
+                    argv = [spy, "record", "--rate", "200", "--format", "raw", "--threads", "--duration", str(int(args.seconds)), "--output", str(raw), "--pid"]
+                    steady.run_rate(
+                        spawner,
+                        work / "profile",
+                        rate=args.rate_list[0],
+                        seconds=args.seconds,
+                        seed=args.seed,
+                        kind=args.steady_config,
+                        policy_file=POLICY_FILE,
+                        event_bytes=event_bytes,
+                        agent_src=agent_src,
+                        profile_argv=argv,
+                    )
                     result.setdefault("profile", {})["steady"] = {"rate": args.rate_list[0], **profiling.summarize(raw)}
             if "stages" in args.only:
                 print(f"stages: {args.stages_mb:g} MB sample ...", file=sys.stderr, flush=True)
-                sample = write_backlog(work / "stages" / "audit.log", size_bytes=int(args.stages_mb * MB), seed=args.seed,
-                                       rotate_bytes=1 << 62)
+                sample = write_backlog(work / "stages" / "audit.log", size_bytes=int(args.stages_mb * MB), seed=args.seed, rotate_bytes=1 << 62)
                 pcfg = configs.get("policy") or agent_config(work, "stages-policy", sample.path, "policy", backfill=True)
                 ncfg = configs.get("no_policy") or agent_config(work, "stages-no-policy", sample.path, "no_policy", backfill=True)
                 waited = measure.settle()
@@ -181,9 +205,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         continue
                     agent_us = (b["cpu_s"] - fixed) / b["events"] * 1e6
                     steps_us = st[kind]["total_s"] / sample.events * 1e6
-                    overhead[kind] = {"us_per_event": round(agent_us - steps_us, 2), "agent_us_per_event": round(agent_us, 2),
-                                      "seconds": round((agent_us - steps_us) * sample.events / 1e6, 4),
-                                      "share_of_agent": round((agent_us - steps_us) / agent_us, 4)}
+                    overhead[kind] = {
+                        "us_per_event": round(agent_us - steps_us, 2),
+                        "agent_us_per_event": round(agent_us, 2),
+                        "seconds": round((agent_us - steps_us) * sample.events / 1e6, 4),
+                        "share_of_agent": round((agent_us - steps_us) / agent_us, 4),
+                    }
                 if overhead:
                     st["agent_overhead"] = overhead
                 sc["stages"] = st

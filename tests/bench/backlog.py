@@ -98,6 +98,10 @@ def run_backlog(spawner: Spawner, log: AuditLog, work: Path, *, agent_src: Path,
     for kind, figures in runs.items():
         walls = [f["wall_s"] for f in figures]
         median = sorted(figures, key=lambda f: f["wall_s"])[len(figures) // 2]
-        out[kind] = {**median, "runs": len(figures), "wall_s_all": walls,
-                     "wall_s_spread": round((max(walls) - min(walls)) / statistics.median(walls), 4) if len(walls) > 1 else 0.0}
+        out[kind] = {
+            **median,
+            "runs": len(figures),
+            "wall_s_all": walls,
+            "wall_s_spread": round((max(walls) - min(walls)) / statistics.median(walls), 4) if len(walls) > 1 else 0.0,
+        }
     return configs, out

@@ -181,9 +181,7 @@ def small_event(rng: random.Random) -> dict:
     prefix = "/apis/coordination.k8s.io/v1" if group else "/api/v1"
     verb = rng.choice(["get", "list", "watch"])
     name = f"{resource[:-1]}-{rng.randint(1, 500)}"
-    uri = f"{prefix}/namespaces/{ns}/{resource}" + (
-        f"/{name}" if verb == "get" else "?watch=true" if verb == "watch" else ""
-    )
+    uri = f"{prefix}/namespaces/{ns}/{resource}" + (f"/{name}" if verb == "get" else "?watch=true" if verb == "watch" else "")
     ref = {"resource": resource, "namespace": ns, "apiVersion": "v1"}
     if group:
         ref["apiGroup"] = group
@@ -269,10 +267,7 @@ def measure(name: str, lines: list[bytes], run: Callable[[list[bytes]], int], se
         if elapsed >= seconds:
             break
     events = rounds * len(lines)
-    print(
-        f"{name:<58} {events / elapsed:>10,.0f} events/s {rounds * total_bytes / elapsed / 1e6:>9.1f} MB/s in"
-        f"   out/in {out_bytes / total_bytes:6.1%}"
-    )
+    print(f"{name:<58} {events / elapsed:>10,.0f} events/s {rounds * total_bytes / elapsed / 1e6:>9.1f} MB/s in   out/in {out_bytes / total_bytes:6.1%}")
 
 
 def naive(lines: list[bytes]) -> int:
@@ -318,9 +313,7 @@ def main() -> None:
     total = sum(len(line) for line in lines)
     print(f"mix: {len(lines)} events, {total / 1e6:.1f} MB, mean {total / len(lines):.0f} B/event")
     plain, _ = parse_policy(POLICY)
-    with_omf, _ = parse_policy(
-        POLICY.replace("omitStages: [RequestReceived]", "omitStages: [RequestReceived]\nomitManagedFields: true")
-    )
+    with_omf, _ = parse_policy(POLICY.replace("omitStages: [RequestReceived]", "omitStages: [RequestReceived]\nomitManagedFields: true"))
     assert with_omf.omit_managed_fields
     enrich = EnrichConfig(static_fields={"cluster_id": "c-bench", "region": "eu-1"})
     transforms = {
@@ -343,9 +336,7 @@ def main() -> None:
     small = make_mix(args.events, small_only=True)
     print(f"\nsmall Metadata events only: mean {sum(map(len, small)) / len(small):.0f} B/event")
     measure("naive msgspec decode+encode", small, naive, args.seconds)
-    measure(
-        "transform (policy, enrichment)", small, plain_run(transforms["transform (policy, enrichment)"]), args.seconds
-    )
+    measure("transform (policy, enrichment)", small, plain_run(transforms["transform (policy, enrichment)"]), args.seconds)
     measure("transform (policy only, no enrichment)", small, plain_run(policy_only), args.seconds)
 
 

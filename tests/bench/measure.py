@@ -103,8 +103,9 @@ class Spawner:
     """Starts children through `tests.bench.spawner` (see there why) and collects their rusage."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "tests.bench.spawner"], cwd=REPO, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.bench.spawner"], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
         self._lock = threading.Lock()
         self._next = 0
         self._procs: dict[int, Proc] = {}
@@ -120,17 +121,26 @@ class Spawner:
             if proc is not None:
                 proc._on_reply(reply)
 
-    def spawn(self, argv: list[str], *, stdout: Path | None = None, stderr: Path | None = None, cwd: Path = REPO,
-              env: dict[str, str] | None = None) -> Proc:
+    def spawn(self, argv: list[str], *, stdout: Path | None = None, stderr: Path | None = None, cwd: Path = REPO, env: dict[str, str] | None = None) -> Proc:
         """Start `argv` (stdin from /dev/null; stdout/stderr to these files, or /dev/null)."""
         with self._lock:
             self._next += 1
             proc = Proc(argv)
             self._procs[self._next] = proc
             assert self._proc.stdin is not None
-            self._proc.stdin.write(json.dumps({"id": self._next, "argv": argv, "cwd": str(cwd), "env": env,
-                                               "stdout": None if stdout is None else str(stdout),
-                                               "stderr": None if stderr is None else str(stderr)}) + "\n")
+            self._proc.stdin.write(
+                json.dumps(
+                    {
+                        "id": self._next,
+                        "argv": argv,
+                        "cwd": str(cwd),
+                        "env": env,
+                        "stdout": None if stdout is None else str(stdout),
+                        "stderr": None if stderr is None else str(stderr),
+                    }
+                )
+                + "\n"
+            )
             self._proc.stdin.flush()
         proc._wait_started()
         return proc

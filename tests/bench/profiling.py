@@ -82,6 +82,7 @@ def summarize(raw: Path, top: int = 25) -> dict[str, Any]:
         for name in set(names):
             if "kube_audit_shipper/" in name:
                 incl_counts[name] += n
+
     def table(counter: Counter[str]) -> list[dict[str, Any]]:
         return [{"function": f, "samples": c, "share": round(c / total, 4)} for f, c in counter.most_common(top)] if total else []
 
@@ -104,4 +105,9 @@ def profile(spawner: Spawner, agent_argv: list[str], raw: Path, *, rate: int, ti
     usage = spawner.run(argv, stdout=log, stderr=log, timeout=timeout, cwd=cwd)
     if usage.returncode != 0 or not raw.exists():
         raise RuntimeError(f"py-spy failed (exit {usage.returncode}): {log.read_text(errors='replace')[-2000:] if log.exists() else ''}")
-    return {"command": " ".join(argv[:8]) + " -- python -m kube_audit_shipper ... run --once", "rate_hz": rate, "wall_s": round(usage.wall_s, 3), **summarize(raw)}
+    return {
+        "command": " ".join(argv[:8]) + " -- python -m kube_audit_shipper ... run --once",
+        "rate_hz": rate,
+        "wall_s": round(usage.wall_s, 3),
+        **summarize(raw),
+    }

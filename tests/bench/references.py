@@ -76,8 +76,12 @@ def run_zstd(spawner: Spawner, log: AuditLog, work: Path, timeout: float) -> dic
     figures = _figures(usage, log, load, waited)
     out_bytes = out.stat().st_size
     out.unlink()
-    return {"command": "zstd -3 -T1 -c FILES > FILE", "bytes_out": out_bytes,
-            "compression_ratio": round(log.bytes / out_bytes, 2) if out_bytes else None, **figures}
+    return {
+        "command": "zstd -3 -T1 -c FILES > FILE",
+        "bytes_out": out_bytes,
+        "compression_ratio": round(log.bytes / out_bytes, 2) if out_bytes else None,
+        **figures,
+    }
 
 
 def run_naive(spawner: Spawner, log: AuditLog, work: Path, timeout: float, zstd_level: int | None = None) -> dict[str, Any]:

@@ -34,8 +34,7 @@ LOADED_CORES = 0.25  # other processes used more than this during a measurement:
 def _target(name: str, value: float | None, op: str, limit: float, unit: str = "", *sources: dict[str, Any]) -> dict[str, Any]:
     ok = value is not None and (value >= limit if op == ">=" else value <= limit)
     load = max((s.get("other_load_cores") or 0.0 for s in sources), default=0.0)
-    return {"name": name, "value": value, "op": op, "limit": limit, "unit": unit, "ok": ok,
-            "other_load_cores": load, "under_load": load > LOADED_CORES}
+    return {"name": name, "value": value, "op": op, "limit": limit, "unit": unit, "ok": ok, "other_load_cores": load, "under_load": load > LOADED_CORES}
 
 
 def targets(scenarios: dict[str, Any], rat: dict[str, float]) -> list[dict[str, Any]]:
@@ -43,11 +42,29 @@ def targets(scenarios: dict[str, Any], rat: dict[str, float]) -> list[dict[str, 
     naive = scenarios.get("reference_naive_msgspec", {})
     for kind in ("policy", "no_policy"):
         if f"{kind}_vs_naive_msgspec" in rat:
-            out.append(_target(f"backlog {kind}: agent MB/s / naive msgspec loop MB/s", rat[f"{kind}_vs_naive_msgspec"], ">=", 1.0, "x",
-                               scenarios[f"backlog_{kind}"], naive))
+            out.append(
+                _target(
+                    f"backlog {kind}: agent MB/s / naive msgspec loop MB/s",
+                    rat[f"{kind}_vs_naive_msgspec"],
+                    ">=",
+                    1.0,
+                    "x",
+                    scenarios[f"backlog_{kind}"],
+                    naive,
+                )
+            )
     if "policy_cpu_overhead" in rat:
-        out.append(_target("backlog: policy + enrichment CPU over no policy", round(100 * rat["policy_cpu_overhead"], 1), "<=",
-                           100 * POLICY_CPU_OVERHEAD_LIMIT, "%", scenarios["backlog_policy"], scenarios["backlog_no_policy"]))
+        out.append(
+            _target(
+                "backlog: policy + enrichment CPU over no policy",
+                round(100 * rat["policy_cpu_overhead"], 1),
+                "<=",
+                100 * POLICY_CPU_OVERHEAD_LIMIT,
+                "%",
+                scenarios["backlog_policy"],
+                scenarios["backlog_no_policy"],
+            )
+        )
     for key, s in scenarios.items():
         if key.startswith("steady_") and s["rate"] in STEADY_CPU_LIMITS:
             out.append(_target(f"steady {s['rate']}/s: agent CPU, % of one core", s["agent_cpu_pct"], "<=", STEADY_CPU_LIMITS[s["rate"]], "%", s))
@@ -93,6 +110,7 @@ def render(result: dict[str, Any], md: bool = False) -> str:
 
     def title(text: str) -> str:
         return f"**{text}**\n" if md else text
+
     m = meta["machine"]
     out = [
         f"kube-audit-shipper benchmark: commit {meta['git']['commit']}{' (uncommitted changes)' if meta['git']['dirty'] else ''}, "
@@ -100,21 +118,44 @@ def render(result: dict[str, Any], md: bool = False) -> str:
     ]
     inp = result.get("input")
     if inp:
-        out.append(f"input: {inp['bytes'] / 1e6:,.1f} MB, {inp['events']:,} events (mean {inp['mean_event_bytes']:.0f} B), "
-                   f"{inp['files']} files, blake2b {inp['blake2b']}")
+        out.append(
+            f"input: {inp['bytes'] / 1e6:,.1f} MB, {inp['events']:,} events (mean {inp['mean_event_bytes']:.0f} B), "
+            f"{inp['files']} files, blake2b {inp['blake2b']}"
+        )
     rows = []
-    for key, label in (("backlog_no_policy", "agent, no policy"), ("backlog_policy", "agent, policy + enrichment"),
-                       ("reference_cat", "cat > /dev/null"), ("reference_zstd", "zstd -3 -T1"),
-                       ("reference_naive_msgspec", "naive msgspec loop"), ("reference_naive_msgspec_zstd", "naive msgspec loop + zstd -3")):
+    for key, label in (
+        ("backlog_no_policy", "agent, no policy"),
+        ("backlog_policy", "agent, policy + enrichment"),
+        ("reference_cat", "cat > /dev/null"),
+        ("reference_zstd", "zstd -3 -T1"),
+        ("reference_naive_msgspec", "naive msgspec loop"),
+        ("reference_naive_msgspec_zstd", "naive msgspec loop + zstd -3"),
+    ):
         s = sc.get(key)
         if s is None:
             continue
-        rows.append([label, s["wall_s"], s["cpu_s"], s["user_s"], s["sys_s"], round(s["max_rss_mb"], 1), round(s["events_per_s"]),
-                     s["mb_per_s"], s["mb_per_cpu_s"], s.get("events_shipped", ""),
-                     round(s["bytes_out"] / 1e6, 1) if s.get("bytes_out") is not None else "", s.get("other_load_cores")])
+        rows.append(
+            [
+                label,
+                s["wall_s"],
+                s["cpu_s"],
+                s["user_s"],
+                s["sys_s"],
+                round(s["max_rss_mb"], 1),
+                round(s["events_per_s"]),
+                s["mb_per_s"],
+                s["mb_per_cpu_s"],
+                s.get("events_shipped", ""),
+                round(s["bytes_out"] / 1e6, 1) if s.get("bytes_out") is not None else "",
+                s.get("other_load_cores"),
+            ]
+        )
     if rows:
-        out += ["", title("Backlog: shipped from offset 0 (run --once), same files for every row"),
-                _table(["", "wall s", "CPU s", "user", "sys", "RSS MB", "events/s", "MB/s", "MB/CPU-s", "shipped", "out MB", "other load"], rows, md)]
+        out += [
+            "",
+            title("Backlog: shipped from offset 0 (run --once), same files for every row"),
+            _table(["", "wall s", "CPU s", "user", "sys", "RSS MB", "events/s", "MB/s", "MB/CPU-s", "shipped", "out MB", "other load"], rows, md),
+        ]
     rat = result.get("ratios", {})
     if rat:
         parts = [f"{k.replace('_vs_', ' / ')} {v:.2f}x" for k, v in rat.items() if "_vs_" in k]
@@ -123,14 +164,51 @@ def render(result: dict[str, Any], md: bool = False) -> str:
             out.append(f"policy + enrichment CPU over no policy: {100 * rat['policy_cpu_overhead']:+.1f} %")
     steady = [s for k, s in sc.items() if k.startswith("steady_")]
     if steady:
-        rows = [[s["rate"], s["writer"]["achieved_rate"], s["events_written"], s["events_expected"], s["events_arrived"],
-                 s["events_missing"], s["events_duplicated"], s["agent_cpu_pct"], s["agent_max_rss_mb"],
-                 s["latency_ms"]["p50"], s["latency_ms"]["p99"], s["latency_ms"]["max"], s["drain_s"], s["writer"]["cpu_pct"],
-                 s.get("other_load_cores")]
-                for s in steady]
-        out += ["", title(f"Steady: {steady[0]['config']} config, {steady[0]['seconds']:g} s per rate, rotating writer; latency = written -> in the sink"),
-                _table(["rate/s", "achieved", "written", "expected", "arrived", "missing", "dup", "agent CPU %", "RSS MB",
-                        "p50 ms", "p99 ms", "max ms", "drain s", "writer CPU %", "other load"], rows, md)]
+        rows = [
+            [
+                s["rate"],
+                s["writer"]["achieved_rate"],
+                s["events_written"],
+                s["events_expected"],
+                s["events_arrived"],
+                s["events_missing"],
+                s["events_duplicated"],
+                s["agent_cpu_pct"],
+                s["agent_max_rss_mb"],
+                s["latency_ms"]["p50"],
+                s["latency_ms"]["p99"],
+                s["latency_ms"]["max"],
+                s["drain_s"],
+                s["writer"]["cpu_pct"],
+                s.get("other_load_cores"),
+            ]
+            for s in steady
+        ]
+        out += [
+            "",
+            title(f"Steady: {steady[0]['config']} config, {steady[0]['seconds']:g} s per rate, rotating writer; latency = written -> in the sink"),
+            _table(
+                [
+                    "rate/s",
+                    "achieved",
+                    "written",
+                    "expected",
+                    "arrived",
+                    "missing",
+                    "dup",
+                    "agent CPU %",
+                    "RSS MB",
+                    "p50 ms",
+                    "p99 ms",
+                    "max ms",
+                    "drain s",
+                    "writer CPU %",
+                    "other load",
+                ],
+                rows,
+                md,
+            ),
+        ]
     st = sc.get("stages")
     if st:
         smb = st["sample"]["bytes"] / 1e6
@@ -141,17 +219,30 @@ def render(result: dict[str, Any], md: bool = False) -> str:
             if "agent_overhead" in st and kind in st["agent_overhead"]:
                 o = st["agent_overhead"][kind]
                 rows.append(["agent CPU beyond the steps", o["seconds"], None, o["us_per_event"], f"{100 * o['share_of_agent']:.1f} % of agent"])
-            out += ["", title(f"Stages, {label}: each step alone, one thread, {smb:,.1f} MB sample, best of {st['repeat']}"
-                              + (f" (other load {st['other_load_cores']:.2f} cores)" if "other_load_cores" in st else "")),
-                    _table(["step", "s", "MB/s", "us/event", "share"], rows, md)]
+            out += [
+                "",
+                title(
+                    f"Stages, {label}: each step alone, one thread, {smb:,.1f} MB sample, best of {st['repeat']}"
+                    + (f" (other load {st['other_load_cores']:.2f} cores)" if "other_load_cores" in st else "")
+                ),
+                _table(["step", "s", "MB/s", "us/event", "share"], rows, md),
+            ]
         out.append(("\n" if md else "") + f"naive msgspec decode+encode, same sample, in process: {st['naive_msgspec_in_process']['mb_per_s']} MB/s")
     out.append("\nother load: cores used by other processes on the machine during the measurement (0 = quiet machine)")
     if md:
         out.append("")
     tg = result.get("targets", [])
     if tg:
-        rows = [[t["name"], t["value"], f"{t['op']} {t['limit']:g} {t['unit']}".strip(), "ok" if t["ok"] else "MISSED",
-                 f"under load ({t['other_load_cores']:.2f} cores)" if t["under_load"] else ""] for t in tg]
+        rows = [
+            [
+                t["name"],
+                t["value"],
+                f"{t['op']} {t['limit']:g} {t['unit']}".strip(),
+                "ok" if t["ok"] else "MISSED",
+                f"under load ({t['other_load_cores']:.2f} cores)" if t["under_load"] else "",
+            ]
+            for t in tg
+        ]
         out += ["", title("Targets"), _table(["target", "value", "limit", "", ""], rows, md)]
     prof = result.get("profile")
     if prof:
@@ -160,7 +251,13 @@ def render(result: dict[str, Any], md: bool = False) -> str:
             if not p:
                 continue
             rows = [[r["function"], f"{100 * r['share']:.1f} %"] for r in p["self"][:15]]
-            out += ["", title(f"Profile ({label}; py-spy, {p['samples_working']} working samples; threads: "
-                              + ", ".join(f"{t} {100 * v:.0f} %" for t, v in p["threads"].items()) + ")"),
-                    _table(["self time", "share"], rows, md)]
+            out += [
+                "",
+                title(
+                    f"Profile ({label}; py-spy, {p['samples_working']} working samples; threads: "
+                    + ", ".join(f"{t} {100 * v:.0f} %" for t, v in p["threads"].items())
+                    + ")"
+                ),
+                _table(["self time", "share"], rows, md),
+            ]
     return "\n".join(out)

@@ -51,8 +51,9 @@ def main() -> int:
         env = req.get("env")
         try:
             started = time.perf_counter()
-            proc = subprocess.Popen(req["argv"], cwd=req.get("cwd"), env=None if env is None else {**os.environ, **env},
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+            proc = subprocess.Popen(
+                req["argv"], cwd=req.get("cwd"), env=None if env is None else {**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+            )
         except OSError as exc:
             _reply({"id": rid, "error": f"{type(exc).__name__}: {exc}"})
             continue

@@ -36,13 +36,13 @@ import zstandard
 
 from kube_audit_shipper.app import build_transform
 from kube_audit_shipper.config import Config, load
+from kube_audit_shipper.process.decode import check_event
 from kube_audit_shipper.process.enrich.fields import Enricher
 from kube_audit_shipper.process.enrich.redact import Redactor
 from kube_audit_shipper.process.policy.event import decode_event
 from kube_audit_shipper.process.policy.load import load_policy
 from kube_audit_shipper.process.policy.match import DecisionCache
 from kube_audit_shipper.process.policy.trim import KEPT, trim_event
-from kube_audit_shipper.process.decode import check_event
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
 from kube_audit_shipper.source.reader import LineReader
 from tests.bench.inputs import AuditLog

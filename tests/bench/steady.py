@@ -208,8 +208,19 @@ def mean_event_bytes(seed: int, n: int = 5000) -> float:
     return sum(len(line) + 1 for line in lines) / n
 
 
-def run_rate(spawner: Spawner, work: Path, *, rate: int, seconds: float, seed: int, kind: str, policy_file: Path,
-             event_bytes: float, agent_src: Path, profile_argv: list[str] | None = None) -> dict[str, Any]:
+def run_rate(
+    spawner: Spawner,
+    work: Path,
+    *,
+    rate: int,
+    seconds: float,
+    seed: int,
+    kind: str,
+    policy_file: Path,
+    event_bytes: float,
+    agent_src: Path,
+    profile_argv: list[str] | None = None,
+) -> dict[str, Any]:
     """One steady run at `rate` events/s for `seconds`. With `profile_argv` (a py-spy command line ending in
     ``--pid``), the agent is also sampled while the writer runs, and `result["profiler_exit"]` says how that went."""
     name = f"steady-{rate}"
@@ -239,9 +250,27 @@ def run_rate(spawner: Spawner, work: Path, *, rate: int, seconds: float, seed: i
         load = Load()
         samples = [(time.monotonic(), cpu_seconds(agent.pid))]
         rss_max = memory_kib(agent.pid).get("VmRSS", 0)
-        writer = spawner.spawn([sys.executable, "-m", "tests.bench.writer", "--path", str(log), "--rate", str(rate),
-                                "--seconds", str(seconds), "--max-bytes", str(max_bytes), "--seed", str(seed),
-                                "--record", str(record)], stdout=writer_out, stderr=writer_err)
+        writer = spawner.spawn(
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.writer",
+                "--path",
+                str(log),
+                "--rate",
+                str(rate),
+                "--seconds",
+                str(seconds),
+                "--max-bytes",
+                str(max_bytes),
+                "--seed",
+                str(seed),
+                "--record",
+                str(record),
+            ],
+            stdout=writer_out,
+            stderr=writer_err,
+        )
         profiler = None
         if profile_argv is not None:
             profiler = spawner.spawn([*profile_argv, str(agent.pid)], stdout=root / "py-spy.log", stderr=root / "py-spy.log")
@@ -309,9 +338,14 @@ def run_rate(spawner: Spawner, work: Path, *, rate: int, seconds: float, seed: i
         "rate": rate,
         "seconds": seconds,
         "config": kind,
-        "writer": {**summary, "rotate_bytes": max_bytes, "log_files": len(files), "bytes": written_bytes,
-                   "mb_per_s": round(written_bytes / MB / window, 2) if window > 0 else None,
-                   "cpu_pct": round(100 * writer_usage.cpu_s / writer_usage.wall_s, 1)},
+        "writer": {
+            **summary,
+            "rotate_bytes": max_bytes,
+            "log_files": len(files),
+            "bytes": written_bytes,
+            "mb_per_s": round(written_bytes / MB / window, 2) if window > 0 else None,
+            "cpu_pct": round(100 * writer_usage.cpu_s / writer_usage.wall_s, 1),
+        },
         "events_written": len(ids),
         "events_expected": len(expected),
         "events_arrived": arrived,

@@ -61,9 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     record.with_suffix(".ids").write_text("\n".join(ids) + "\n")
     with open(record.with_suffix(".times"), "wb") as fh:
         times.tofile(fh)
-    print(json.dumps({"events": len(ids), "dropped": dropped, "rotations": rotations, "started": t0, "ended": t1,
-                      "achieved_rate": round(len(ids) / (t1 - t0), 1) if t1 > t0 else 0.0, "max_lag_s": round(max_lag, 4)}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "events": len(ids),
+                "dropped": dropped,
+                "rotations": rotations,
+                "started": t0,
+                "ended": t1,
+                "achieved_rate": round(len(ids) / (t1 - t0), 1) if t1 > t0 else 0.0,
+                "max_lag_s": round(max_lag, 4),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -26,8 +26,17 @@ def test_bench_quick_writes_every_scenario(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     data = json.loads(out.read_text())
-    expected = ["backlog_no_policy", "backlog_policy", "reference_cat", "reference_zstd", "reference_naive_msgspec",
-                "reference_naive_msgspec_zstd", "steady_1000", "steady_5000", "stages"]
+    expected = [
+        "backlog_no_policy",
+        "backlog_policy",
+        "reference_cat",
+        "reference_zstd",
+        "reference_naive_msgspec",
+        "reference_naive_msgspec_zstd",
+        "steady_1000",
+        "steady_5000",
+        "stages",
+    ]
     assert data["meta"]["scenario_keys"] == expected
     assert sorted(data["scenarios"]) == sorted(expected)
     for key in ("backlog_no_policy", "backlog_policy"):
@@ -35,7 +44,14 @@ def test_bench_quick_writes_every_scenario(tmp_path: Path) -> None:
     for key in ("steady_1000", "steady_5000"):
         assert data["scenarios"][key]["events_written"] > 0
     assert [row["step"] for row in data["scenarios"]["stages"]["policy"]["steps"]] == [
-        "read+split", "decode", "policy+trim", "redact", "enrich", "encode", "compress"]
+        "read+split",
+        "decode",
+        "policy+trim",
+        "redact",
+        "enrich",
+        "encode",
+        "compress",
+    ]
     assert data["meta"]["git"]["commit"] and data["meta"]["machine"]["nproc"]
     assert data["targets"] and {"ratios", "input"} <= data.keys()
     assert "Targets" in r.stdout

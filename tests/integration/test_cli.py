@@ -35,7 +35,7 @@ def test_validate_reports_every_error_and_exits_2(tmp_path: Path) -> None:
     cfg.write_text("input: {start_at: middle, bogus: 1}\nsinks:\n  - {name: a, type: file, path: /x, rotate_bytes: big}\n")
     r = _cli("validate", "-c", str(cfg))
     assert r.returncode == 2
-    assert "input.start_at: expected \"beginning\" or \"end\", got \"middle\"" in r.stderr
+    assert 'input.start_at: expected "beginning" or "end", got "middle"' in r.stderr
     assert "input.bogus: unknown key" in r.stderr
     assert 'sinks[0].rotate_bytes: expected int >= 1048576, got "big"' in r.stderr
     assert "3 config error(s)" in r.stderr
@@ -136,7 +136,9 @@ def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path: Path) -> None:
             }
         )
     )
-    proc = subprocess.Popen([sys.executable, "-m", "kube_audit_shipper", "run", "-c", str(cfg_file)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kube_audit_shipper", "run", "-c", str(cfg_file)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 30
     while not list((tmp_path / "out").glob(".*.tmp")) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -206,7 +206,7 @@ async def test_fault_sink_classifies_real_http_answers_as_an_http_sink_does(serv
     async def attempt() -> Any:
         try:
             result: Any = await sink.send(req)
-        except Exception as exc:  # noqa: BLE001 - transport errors are classify's input, as in the engine
+        except Exception as exc:
             result = exc
         return sink.classify(req, result)
 
@@ -311,7 +311,9 @@ def _rejected(audit: str) -> str | None:
     return f"requestObject too large for field 'message' (event {n})" if n % 23 == 5 else None
 
 
-def test_permanent_rejections_are_dead_lettered_with_the_reason_listed_and_replayed(tmp_path: Path, server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_permanent_rejections_are_dead_lettered_with_the_reason_listed_and_replayed(
+    tmp_path: Path, server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     written = write_events(tmp_path, numbered_lines(500))
     server.reject = _rejected
     data = config_dict(tmp_path)

@@ -30,19 +30,30 @@ def loki() -> Iterator[LokiServer]:
 
 
 def config(tmp: Path, url: str, **sink: Any) -> Config:
-    return parse({
-        "state_dir": str(tmp / "state"),
-        "node_name": "cp-test",
-        "input": {"paths": [str(tmp / "log" / "audit.log")], "poll_interval_ms": 50, "rescan_interval_ms": 200},
-        "enrich": {"static_fields": {"cluster_id": "c0123"}},
-        "batch": {"max_events": 4096, "max_bytes": 4 << 20, "max_wait_ms": 50},
-        "sinks": [{
-            "name": "loki", "type": "loki", "url": url, "tenant_id": "", "labels": {"job": "kube-audit", "cluster": "c0123"},
-            "label_fields": ["verb"], "encoding": "protobuf", "retry": {"initial_ms": 1, "max_ms": 50}, **sink,
-        }],
-        "checkpoint": {"flush_interval_ms": 50},
-        "metrics": {"listen": None},
-    })
+    return parse(
+        {
+            "state_dir": str(tmp / "state"),
+            "node_name": "cp-test",
+            "input": {"paths": [str(tmp / "log" / "audit.log")], "poll_interval_ms": 50, "rescan_interval_ms": 200},
+            "enrich": {"static_fields": {"cluster_id": "c0123"}},
+            "batch": {"max_events": 4096, "max_bytes": 4 << 20, "max_wait_ms": 50},
+            "sinks": [
+                {
+                    "name": "loki",
+                    "type": "loki",
+                    "url": url,
+                    "tenant_id": "",
+                    "labels": {"job": "kube-audit", "cluster": "c0123"},
+                    "label_fields": ["verb"],
+                    "encoding": "protobuf",
+                    "retry": {"initial_ms": 1, "max_ms": 50},
+                    **sink,
+                }
+            ],
+            "checkpoint": {"flush_interval_ms": 50},
+            "metrics": {"listen": None},
+        }
+    )
 
 
 def generated(n: int, seed: int = 4) -> list[bytes]:
@@ -83,7 +94,7 @@ def test_a_real_audit_log_reaches_loki_once_per_event(loki: LokiServer, tmp_path
 def test_events_loki_refuses_are_dead_lettered_with_its_reason_and_the_rest_stored_once(loki: LokiServer, tmp_path: Path) -> None:
     old = numbered_lines(330, prefix="rec")  # as recorded, years ago: Loki refuses those with a timestamp (too old)
     fresh = generated(1500)
-    mixed = [line for pair in zip(fresh, old) for line in pair] + fresh[len(old):]
+    mixed = [line for pair in zip(fresh, old) for line in pair] + fresh[len(old) :]
     append(tmp_path / "log" / "audit.log", mixed)
     run_once(config(tmp_path, loki.url, encoding="json"))
     dead = {msgspec.json.decode(d["event"])["auditID"]: d for d in dead_letters(tmp_path)}

@@ -98,17 +98,24 @@ def test_exact_duplicate_is_dropped_silently(loki: LokiServer, http: httpx.Clien
 
 def test_too_old_and_too_new(loki: LokiServer, http: httpx.Client) -> None:
     r = post(http, loki, pb([('{job="edge"}', [(NOW - 8 * 24 * H, "old")])]))
-    assert (r.status_code, text(r)) == (400, ("entry for stream '{job=\"edge\", service_name=\"edge\"}' has timestamp too old: "
-                                             "2026-11-14T09:14:55Z, oldest acceptable timestamp is: 2026-11-15T09:14:55Z"))
+    assert (r.status_code, text(r)) == (
+        400,
+        (
+            'entry for stream \'{job="edge", service_name="edge"}\' has timestamp too old: '
+            "2026-11-14T09:14:55Z, oldest acceptable timestamp is: 2026-11-15T09:14:55Z"
+        ),
+    )
     r = post(http, loki, pb([('{job="edge"}', [(NOW + H, "new")])]))
-    assert (r.status_code, text(r)) == (400, "entry for stream '{job=\"edge\", service_name=\"edge\"}' has timestamp too new: 2026-11-22T10:14:55Z")
+    assert (r.status_code, text(r)) == (400, 'entry for stream \'{job="edge", service_name="edge"}\' has timestamp too new: 2026-11-22T10:14:55Z')
     assert loki.stored() == {}
 
 
 def test_line_over_max_line_size(loki: LokiServer, http: httpx.Client) -> None:
     r = post(http, loki, pb([('{job="edge"}', [(NOW, "x" * 262145)])]))
-    assert (r.status_code, text(r)) == (400, ("max entry size '262144' bytes exceeded for stream '{job=\"edge\", service_name=\"edge\"}' "
-                                             "while adding an entry with length '262145' bytes"))
+    assert (r.status_code, text(r)) == (
+        400,
+        ("max entry size '262144' bytes exceeded for stream '{job=\"edge\", service_name=\"edge\"}' while adding an entry with length '262145' bytes"),
+    )
     assert post(http, loki, pb([('{job="edge"}', [(NOW, "x" * 262144)])])).status_code == 204
 
 
@@ -151,7 +158,7 @@ def test_unreadable_bodies(loki: LokiServer, http: httpx.Client) -> None:
 
 def test_mixed_request_stores_the_valid_stream(loki: LokiServer, http: httpx.Client) -> None:
     r = post(http, loki, pb([('{job="ok"}', [(NOW, "valid")]), ('{job="old"}', [(NOW - 8 * 24 * H, "too old")])]))
-    assert r.status_code == 400 and text(r).startswith("entry for stream '{job=\"old\", service_name=\"old\"}' has timestamp too old")
+    assert r.status_code == 400 and text(r).startswith('entry for stream \'{job="old", service_name="old"}\' has timestamp too old')
     assert [e.line for es in loki.stored().values() for e in es] == ["valid"]
 
 
@@ -160,7 +167,7 @@ def test_grouped_distributor_errors(loki: LokiServer, http: httpx.Client) -> Non
     r = post(http, loki, pb([('{job="a"}', [(old, "1"), (old + 1, "2"), (NOW, "ok"), (NOW, "x" * 262145)])]))
     assert r.status_code == 400
     parts = text(r).split("; ")
-    assert parts[0].startswith("2 errors like: entry for stream '{job=\"a\", service_name=\"a\"}' has timestamp too old")
+    assert parts[0].startswith('2 errors like: entry for stream \'{job="a", service_name="a"}\' has timestamp too old')
     assert parts[1].startswith("1 errors like: max entry size '262144' bytes exceeded")
     assert [e.line for e in loki.stored()['{job="a", service_name="a"}']] == ["ok"]
 
@@ -172,8 +179,10 @@ def test_tenant_rate_limit_429_without_retry_after(clock: ManualClock) -> None:
         assert statuses == [204, 204, 204, 429, 429, 429, 429, 429]  # the 6 MiB burst allows three
         r = post(http, loki, pb([('{job="rate"}', pushes[4])]))
         assert r.status_code == 429 and "retry-after" not in r.headers
-        assert text(r) == ("ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting to ingest '8' lines "
-                           "totaling '2000000' bytes, reduce log volume or contact your Loki administrator to see if the limit can be increased")
+        assert text(r) == (
+            "ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting to ingest '8' lines "
+            "totaling '2000000' bytes, reduce log volume or contact your Loki administrator to see if the limit can be increased"
+        )
         clock.advance(1)  # 4 MiB of tokens back
         assert post(http, loki, pb([('{job="rate"}', pushes[4])])).status_code == 204
         big = [(NOW + 100 + i, "y" * 250_000) for i in range(28)]  # one request over the 6 MiB burst: never
@@ -190,9 +199,14 @@ def test_per_stream_rate_limit_rejects_the_whole_stream(clock: ManualClock) -> N
         r = post(http, loki, pb([('{job="other"}', [(NOW, "fine")]), ('{job="s"}', [(NOW + 10 + i, "w" * 61441) for i in range(4)])]))
         assert r.status_code == 429
         body = text(r)
-        assert body.count("ignored, reason: 'Per stream rate limit exceeded (limit: 64KB/sec) while attempting to ingest for stream "
-                          "'{job=\"s\", service_name=\"s\"}' totaling 61441B, consider splitting") == 4
-        assert body.endswith("user 'fake', total ignored: 4 out of 4 for stream: {job=\"s\", service_name=\"s\"}")
+        assert (
+            body.count(
+                "ignored, reason: 'Per stream rate limit exceeded (limit: 64KB/sec) while attempting to ingest for stream "
+                '\'{job="s", service_name="s"}\' totaling 61441B, consider splitting'
+            )
+            == 4
+        )
+        assert body.endswith('user \'fake\', total ignored: 4 out of 4 for stream: {job="s", service_name="s"}')
         assert [e.line for e in loki.stored()['{job="other", service_name="other"}']] == ["fine"]  # stored all the same
 
 
@@ -201,7 +215,7 @@ def test_only_the_last_streams_ingester_error_is_returned(loki: LokiServer, http
         assert post(http, loki, pb([(f'{{job="{job}"}}', [(NOW, "new")])])).status_code == 204
     both_behind = [('{job="a"}', [(NOW - 2 * H, "a old")]), ('{job="b"}', [(NOW - 2 * H, "b old")])]
     r = post(http, loki, pb(both_behind))
-    assert r.status_code == 400 and text(r).endswith('for stream: {job="b", service_name="b"}') and "job=\"a\"" not in r.text
+    assert r.status_code == 400 and text(r).endswith('for stream: {job="b", service_name="b"}') and 'job="a"' not in r.text
     r = post(http, loki, pb([both_behind[0], ('{job="b"}', [(NOW + 1, "b fine")])]))
     assert r.status_code == 204  # Loki loses stream a's error: the last stream was fine
 
@@ -233,7 +247,7 @@ def test_go_formats() -> None:
     assert go_time(NOW - NOW % 10**9 + 500_000_000) == "2026-11-22 09:14:55.5 +0000 UTC"
     assert go_quote('a"b\\c\n\x01é\u00a0') == '"a\\"b\\\\c\\n\\x01é\\u00a0"'
     assert parse_labels('{a="x\\"y", b="\\u00e9"}') == [("a", 'x"y'), ("b", "é")]
-    for bad in ('{a="x"', 'a="x"}', '{a="x" b="y"}', '{a=`x`}'):
+    for bad in ('{a="x"', 'a="x"}', '{a="x" b="y"}', "{a=`x`}"):
         with pytest.raises(LabelError):
             parse_labels(bad)
 
@@ -244,4 +258,3 @@ def test_scripted_faults_come_first(loki: LokiServer, http: httpx.Client) -> Non
     assert (r.status_code, r.headers["retry-after"]) == (503, "7") and loki.stored() == {}
     assert post(http, loki, pb([('{job="f"}', [(NOW, "a")])])).status_code == 204
     assert loki.statuses() == [503, 204] and loki.pushes[0].injected
-

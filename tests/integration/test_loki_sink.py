@@ -54,8 +54,9 @@ def ship(sink: LokiSink, records: list[bytes], tmp: Path, *, max_events: int = 5
     async def run() -> None:
         ledger = Ledger([sink.name])
         ledger.open(1, 0)
-        runner = SinkRunner(sink, batch=BatchConfig(max_events=max_events, max_bytes=max_bytes, max_wait_ms=0), retry=FAST, concurrency=4,
-                            ledger=ledger, deadletter=dl)
+        runner = SinkRunner(
+            sink, batch=BatchConfig(max_events=max_events, max_bytes=max_bytes, max_wait_ms=0), retry=FAST, concurrency=4, ledger=ledger, deadletter=dl
+        )
         assert runner.concurrency == 1  # the sink says so: order per stream
         ends, pos = [], 0
         for r in records:
@@ -83,7 +84,7 @@ def attempt(sink: LokiSink, records: list[bytes]) -> Outcome:
         (req,) = sink.encode(records)
         try:
             result: Any = await sink.send(req)
-        except Exception as exc:  # noqa: BLE001 - the engine hands transport errors to classify too
+        except Exception as exc:
             result = exc
         await sink.aclose()
         return sink.classify(req, result)
@@ -183,8 +184,11 @@ def test_tls_verifies_by_default_and_takes_a_ca_and_client_certificate(ca: trust
 
 
 def test_429_and_5xx_are_retried_and_a_proxys_retry_after_is_read(loki: LokiServer, tmp_path: Path) -> None:
-    loki.inject(429, "ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting to ingest '1' lines totaling '1' "
-                     "bytes, reduce log volume or contact your Loki administrator to see if the limit can be increased")
+    loki.inject(
+        429,
+        "ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting to ingest '1' lines totaling '1' "
+        "bytes, reduce log volume or contact your Loki administrator to see if the limit can be increased",
+    )
     loki.inject(503, "upstream connect error or disconnect/reset before headers", {"Retry-After": "0"})
     loki.inject(500, "rpc error: code = Unavailable desc = connection error")
     records = recent(30)
@@ -222,8 +226,13 @@ def test_a_400_dead_letters_only_what_loki_refused_and_the_rest_is_not_sent_agai
     with LokiServer(LokiLimits(max_line_size=64 << 10)) as loki:
         fresh = recent(400)
         old = numbered_lines(120, prefix="old")  # the corpus as recorded: years ago, so too old for Loki
-        old_ids = {i for i, line in zip(audit_ids(old), old) if msgspec.json.decode(line).get("stageTimestamp") or
-                   msgspec.json.decode(line).get("requestReceivedTimestamp") or msgspec.json.decode(line).get("timestamp")}
+        old_ids = {
+            i
+            for i, line in zip(audit_ids(old), old)
+            if msgspec.json.decode(line).get("stageTimestamp")
+            or msgspec.json.decode(line).get("requestReceivedTimestamp")
+            or msgspec.json.decode(line).get("timestamp")
+        }
         records = fresh + old
         dead = ship(make(loki.url, label_fields=["verb"]), records, tmp_path)
         long_ids = {i for i, r in zip(audit_ids(fresh), fresh) if len(r) > 64 << 10}
@@ -298,9 +307,19 @@ def faults(every: dict[int, Answer]) -> Callable[[int], Answer | None]:
 
 def test_a_streams_entries_stay_ordered_across_retries_splits_and_batches(tmp_path: Path) -> None:
     text = {"Content-Type": "text/plain; charset=utf-8"}
-    rule = faults({3: (500, text, b"rpc error: code = Unavailable desc = transport is closing\n"),
-                   7: (429, text, (b"ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting to ingest '9' lines "
-                                  b"totaling '9' bytes, reduce log volume or contact your Loki administrator to see if the limit can be increased\n"))})
+    rule = faults(
+        {
+            3: (500, text, b"rpc error: code = Unavailable desc = transport is closing\n"),
+            7: (
+                429,
+                text,
+                (
+                    b"ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting to ingest '9' lines "
+                    b"totaling '9' bytes, reduce log volume or contact your Loki administrator to see if the limit can be increased\n"
+                ),
+            ),
+        }
+    )
     with LokiServer(LokiLimits(grpc_max_recv_msg_size=96 << 10), fault_rule=rule) as loki:
         records = recent(2500)
         sink = make(loki.url, label_fields=["verb", "level"], max_request_bytes=128 << 10)

@@ -76,7 +76,9 @@ def test_sighup_reload_applies_valid_config_and_rejects_invalid(tmp_path: Path) 
         # 3. a batching change and a new sink apply while running: nothing lost, nothing twice;
         #    the new sink gets the events read from then on
         out2 = tmp_path / "out2"
-        cfg.write_text(yaml.safe_dump({**base, "batch": {"max_events": 7, "max_wait_ms": 50}, "sinks": [*base["sinks"], {"name": "b", "type": "file", "path": str(out2)}]}))
+        cfg.write_text(
+            yaml.safe_dump({**base, "batch": {"max_events": 7, "max_wait_ms": 50}, "sinks": [*base["sinks"], {"name": "b", "type": "file", "path": str(out2)}]})
+        )
         proc.send_signal(signal.SIGHUP)
         _wait(lambda: out2.exists(), what="the added sink")
         time.sleep(0.5)

@@ -50,7 +50,9 @@ KEY_RE = re.compile(r"^audit/cluster=c0123/dt=(\d{4}-\d{2}-\d{2})/hour=(\d{2})/c
 
 
 def make_sink(server: SeaweedS3, bucket: str, state: Path, *, endpoint: str | None = None, node: str = "cp-1", **kw: Any) -> S3Sink:
-    cfg = msgspec.convert({**server.sink_config(bucket, key_fields={"cluster_id": "c0123"}, retry=FAST_RETRY), **({"endpoint": endpoint} if endpoint else {}), **kw}, S3SinkConfig)
+    cfg = msgspec.convert(
+        {**server.sink_config(bucket, key_fields={"cluster_id": "c0123"}, retry=FAST_RETRY), **({"endpoint": endpoint} if endpoint else {}), **kw}, S3SinkConfig
+    )
     return S3Sink(cfg, node=node, state_dir=str(state))
 
 
@@ -296,7 +298,12 @@ async def test_restart_in_the_middle_of_a_multipart_upload(s3_server: SeaweedS3,
     (tmp_path / "lines").write_bytes(b"\n".join(lines))
     with FaultProxy(s3_server.port) as proxy:
         held = proxy.add(Fault("UploadPart", "hold", after=2))  # parts 1 and 2 go through, part 3 never answers
-        config = {**s3_server.sink_config(bucket, key_fields={"cluster_id": "c0123"}), "endpoint": proxy.endpoint, "object_max_bytes": 12 * MiB, "part_size_bytes": 5 * MiB}
+        config = {
+            **s3_server.sink_config(bucket, key_fields={"cluster_id": "c0123"}),
+            "endpoint": proxy.endpoint,
+            "object_max_bytes": 12 * MiB,
+            "part_size_bytes": 5 * MiB,
+        }
         args = json.dumps({"config": config, "state_dir": str(tmp_path), "lines": str(tmp_path / "lines")})
         with (tmp_path / "child.log").open("wb") as log:
             env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -98,7 +98,15 @@ def test_an_existing_index_is_compared_and_only_completed_on_request(tmp_path: P
         "line": {"token": [","], "caseSensitive": False},
         "keys": {
             "verb": {"type": "text", "token": [","], "caseSensitive": True, "doc_value": True},
-            "objectRef": {"type": "json", "token": [","], "caseSensitive": False, "doc_value": False, "index_all": True, "max_depth": -1, "json_keys": {"resource": {"type": "text", "doc_value": True}}},
+            "objectRef": {
+                "type": "json",
+                "token": [","],
+                "caseSensitive": False,
+                "doc_value": False,
+                "index_all": True,
+                "max_depth": -1,
+                "json_keys": {"resource": {"type": "text", "doc_value": True}},
+            },
             "custom": {"type": "long", "doc_value": True},
         },
     }

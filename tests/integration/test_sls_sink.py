@@ -158,7 +158,14 @@ def exec_alert_rows(rows: list[dict[str, str]]) -> set[tuple[Any, ...]]:
     | SELECT auditID, "responseStatus.code", "annotations.authorization.k8s.io/reason", sourceIPs, "user.username", "objectRef.name"
     """
     return {
-        (field(r, "auditID"), str(field(r, "responseStatus.code")), field(r, "annotations.authorization.k8s.io/reason"), field(r, "sourceIPs"), field(r, "user.username"), field(r, "objectRef.name"))
+        (
+            field(r, "auditID"),
+            str(field(r, "responseStatus.code")),
+            field(r, "annotations.authorization.k8s.io/reason"),
+            field(r, "sourceIPs"),
+            field(r, "user.username"),
+            field(r, "objectRef.name"),
+        )
         for r in rows
         if matches(r, verb="create", objectRef__subresource="exec", stage="ResponseStarted")
     }
@@ -252,7 +259,9 @@ async def test_enrichment_fields_are_contents_and_derived_is_a_json_field(server
 @pytest.mark.asyncio
 @pytest.mark.parametrize("signature_version", ["v1", "v4"])
 @pytest.mark.parametrize("skew", [3600.0, -7200.0])
-async def test_clock_skew_is_corrected_from_the_server_date_and_retried(server: SlsTestServer, dl: DeadLetterStore, signature_version: str, skew: float) -> None:
+async def test_clock_skew_is_corrected_from_the_server_date_and_retried(
+    server: SlsTestServer, dl: DeadLetterStore, signature_version: str, skew: float
+) -> None:
     server.clock_offset_s = skew
     sink = make_sink(server, signature_version=signature_version, region="cn-hangzhou")
     run = Run(sink, dl)
@@ -345,7 +354,9 @@ async def test_sts_credential_rotation_without_restart(tmp_path: Path, dl: DeadL
         ({"logstore": "audit-other"}, "LogStoreNotExist", ["audit-other", "sls ensure"]),
     ],
 )
-async def test_blocking_errors_keep_the_data_and_say_what_to_fix(server: SlsTestServer, dl: DeadLetterStore, over: dict[str, Any], code: str, names: list[str]) -> None:
+async def test_blocking_errors_keep_the_data_and_say_what_to_fix(
+    server: SlsTestServer, dl: DeadLetterStore, over: dict[str, Any], code: str, names: list[str]
+) -> None:
     sink = make_sink(server, **over)
     run = Run(sink, dl)
     run.start(numbered_lines(5))
@@ -456,7 +467,7 @@ async def test_https_verifies_the_endpoint_certificate(dl: DeadLetterStore, tmp_
         (req,) = untrusted.encode(numbered_lines(2))
         try:
             result: Any = await untrusted.send(req)
-        except Exception as exc:  # noqa: BLE001 - what the engine would hand to classify
+        except Exception as exc:
             result = exc
         await untrusted.aclose()
         outcome = untrusted.classify(req, result)

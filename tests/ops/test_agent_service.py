@@ -93,7 +93,13 @@ def test_agent_under_a_fake_systemd(tmp_path: Path) -> None:
     env |= {"NOTIFY_SOCKET": manager.name, "WATCHDOG_USEC": "2000000"}
     stderr = tmp_path / "stderr.log"
     with open(stderr, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "kube_audit_shipper", "--log-format", "json", "run", "-c", str(cfg)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kube_audit_shipper", "--log-format", "json", "run", "-c", str(cfg)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         manager.wait_for("READY")
         assert proc.poll() is None

@@ -109,7 +109,16 @@ def test_contents_listing(deb: Path) -> None:
     assert files["usr/bin/kube-audit-shipper"][0].startswith("l") and files["usr/bin/kube-audit-shipper"][2] == f"/{PREFIX}/bin/kube-audit-shipper"
     assert files[f"{PREFIX}/bin/python3.11"][2] == PYTHON  # bound to the Debian interpreter it depends on
     site = f"{PREFIX}/lib/python3.11/site-packages"
-    for mod in ("kube_audit_shipper/cli.py", "kube_audit_shipper/systemd.py", "kube_audit_shipper/obs/logs.py", "msgspec", "zstandard", "yaml", "prometheus_client", "watchdog"):
+    for mod in (
+        "kube_audit_shipper/cli.py",
+        "kube_audit_shipper/systemd.py",
+        "kube_audit_shipper/obs/logs.py",
+        "msgspec",
+        "zstandard",
+        "yaml",
+        "prometheus_client",
+        "watchdog",
+    ):
         assert any(p == f"{site}/{mod}" or p.startswith(f"{site}/{mod}/") for p in files), mod
     assert "usr/share/doc/kube-audit-shipper/copyright" in files
     # no pip, no activate scripts: the venv is dpkg's to manage
@@ -154,7 +163,11 @@ def test_md5sums_match(tree: Path) -> None:
     for line in (tree / "DEBIAN" / "md5sums").read_text().splitlines():
         digest, name = line.split(None, 1)
         listed[name] = digest
-    actual = {str(p.relative_to(tree)): hashlib.md5(p.read_bytes()).hexdigest() for p in tree.rglob("*") if p.is_file() and not p.is_symlink() and "DEBIAN" not in p.relative_to(tree).parts}
+    actual = {
+        str(p.relative_to(tree)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in tree.rglob("*")
+        if p.is_file() and not p.is_symlink() and "DEBIAN" not in p.relative_to(tree).parts
+    }
     assert listed == actual
 
 
@@ -162,10 +175,22 @@ def test_the_packaged_agent_runs(tree: Path) -> None:
     python = tree / PREFIX / "bin" / "python"
     r = subprocess.run([str(python), str(tree / PREFIX / "bin" / "kube-audit-shipper"), "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == f"kube-audit-shipper {kube_audit_shipper.__version__}", r.stderr
-    r = subprocess.run([str(python), "-c", "import sys, kube_audit_shipper; print(sys.prefix); print(kube_audit_shipper.__file__)"], capture_output=True, text=True, timeout=60, cwd="/")
+    r = subprocess.run(
+        [str(python), "-c", "import sys, kube_audit_shipper; print(sys.prefix); print(kube_audit_shipper.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     prefix, module = r.stdout.split()
     assert Path(prefix) == tree / PREFIX and Path(module).is_relative_to(tree / PREFIX)  # its own venv, not the test's
-    r = subprocess.run([str(python), "-m", "kube_audit_shipper", "validate", "-c", str(tree / "etc/kube-audit-shipper/config.yaml")], capture_output=True, text=True, timeout=60, cwd="/")
+    r = subprocess.run(
+        [str(python), "-m", "kube_audit_shipper", "validate", "-c", str(tree / "etc/kube-audit-shipper/config.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
 
 

@@ -209,7 +209,9 @@ def test_configmap_config_and_policy_load_with_the_agents_loaders(tmp_path: Path
     assert cfg.node == "cp-1"
     assert cfg.state_dir == "/var/lib/kube-audit-shipper"
     assert cfg.input.paths == ["/var/log/kubernetes/audit/audit.log"]
-    assert cfg.enrich.redact.mode == "hash" and cfg.enrich.redact.hash_key == manifests()["Secret/kube-audit-shipper-credentials"]["stringData"]["redact-hash-key"]
+    assert (
+        cfg.enrich.redact.mode == "hash" and cfg.enrich.redact.hash_key == manifests()["Secret/kube-audit-shipper-credentials"]["stringData"]["redact-hash-key"]
+    )
     assert cfg.policy.file == str(tmp_path / "config" / "audit-policy.yaml")
     policy, warnings = load_policy(cfg.policy.file)
     assert policy.policy.rules and not warnings

@@ -100,7 +100,10 @@ def test_subjects_in_string_fields_are_separate_numbers_are_not() -> None:
     ]
     handler.close()
     tail = [json.loads(x) for x in buf.getvalue().splitlines()[5:]]
-    assert sorted((d["msg"], d["repeated"]) for d in tail) == [("new file (repeated 1 more times in 0s)", 1), ("sink send failed; retrying (repeated 4 more times in 0s)", 4)]
+    assert sorted((d["msg"], d["repeated"]) for d in tail) == [
+        ("new file (repeated 1 more times in 0s)", 1),
+        ("sink send failed; retrying (repeated 4 more times in 0s)", 4),
+    ]
 
 
 def test_key_is_logger_level_and_message() -> None:
@@ -212,7 +215,10 @@ SECRETS = {
 def _emit_secret_records(log: logging.Logger) -> None:
     s = SECRETS
     log.error("request failed: Authorization: Bearer %s", s["bearer"], extra={"sink": "sls", "status": 403})
-    log.error("signed request headers", extra={"headers": {"Authorization": f"acs {s['access']}:{s['sk']}", "x-acs-security-token": s["sts"], "Host": "cn-hangzhou.log.aliyuncs.com"}})
+    log.error(
+        "signed request headers",
+        extra={"headers": {"Authorization": f"acs {s['access']}:{s['sk']}", "x-acs-security-token": s["sts"], "Host": "cn-hangzhou.log.aliyuncs.com"}},
+    )
     log.warning("config: access_key_secret=%s password: %s", s["sk"], s["pw"])
     log.warning("sink config %s", {"name": "sls", "access_key_id": "LTAI-id", "access_key_secret": s["sk"], "security_token": s["sts"]})
     log.info("redaction", extra={"enrich": {"redact": {"mode": "hash", "hash_key": s["hash"]}}})
@@ -253,7 +259,18 @@ def test_no_secret_is_ever_printed(fmt: str) -> None:
     for fragment in ("Sk3yS3cr3t", "hunter2", "eyJhbGci", "CAIS8wF1", "urlPassw0rd", "sessionid-7f"):
         assert fragment not in out
     # what is not secret is still there
-    for context in ("request failed", "sls", "LTAI-id", "cn-hangzhou.log.aliyuncs.com", "loki.example:3100", "user", "admin", "send failed", "PermissionError", "endpoint"):
+    for context in (
+        "request failed",
+        "sls",
+        "LTAI-id",
+        "cn-hangzhou.log.aliyuncs.com",
+        "loki.example:3100",
+        "user",
+        "admin",
+        "send failed",
+        "PermissionError",
+        "endpoint",
+    ):
         assert context in out, context
     assert out.count(logs.MASK) >= 15
     if fmt == "json":
@@ -267,7 +284,23 @@ def test_no_secret_is_ever_printed(fmt: str) -> None:
 
 
 _token = st.text(string.ascii_letters + string.digits + "+/=_-.~", min_size=12, max_size=64)
-_key = st.sampled_from(["password", "db_password", "secret", "client_secret", "access_key_secret", "token", "auth_token", "hash_key", "api_key", "security-token", "Authorization", "X-Acs-Security-Token", "private_key"])
+_key = st.sampled_from(
+    [
+        "password",
+        "db_password",
+        "secret",
+        "client_secret",
+        "access_key_secret",
+        "token",
+        "auth_token",
+        "hash_key",
+        "api_key",
+        "security-token",
+        "Authorization",
+        "X-Acs-Security-Token",
+        "private_key",
+    ]
+)
 _shape = st.sampled_from(["{k}={v}", "{k}: {v}", '"{k}": "{v}"', "'{k}': '{v}'", "{k} = {v}", "{k}={v}&next=1", "{k}: Bearer {v}", "{k}: acs AK:{v}"])
 
 
@@ -294,7 +327,7 @@ def test_secret_values_never_appear_whatever_their_shape(key: str, value: str, s
             log.exception("failed")
     out = buf.getvalue()
     assert value not in out, out
-    assert "before" in out or where == "nested" and "nested" in out
+    assert "before" in out or (where == "nested" and "nested" in out)
 
 
 # -- journald ------------------------------------------------------------------------------------

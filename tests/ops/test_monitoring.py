@@ -193,7 +193,10 @@ PROMTOOL_TESTS: list[dict[str, Any]] = [
     {  # no target at all
         "interval": "1m",
         "input_series": [{"series": 'up{job="something-else"}', "values": "1x30"}],
-        "alert_rule_test": [_quiet("KubeAuditShipperAbsent", "10m"), {"eval_time": "20m", "alertname": "KubeAuditShipperAbsent", "exp_alerts": [{"exp_labels": {"severity": "warning", "job": JOB}}]}],
+        "alert_rule_test": [
+            _quiet("KubeAuditShipperAbsent", "10m"),
+            {"eval_time": "20m", "alertname": "KubeAuditShipperAbsent", "exp_alerts": [{"exp_labels": {"severity": "warning", "job": JOB}}]},
+        ],
     },
     {  # one sink blocked, another only retrying for a moment
         "interval": "1m",
@@ -330,6 +333,14 @@ def test_dashboard_queries_are_valid_promql_over_known_metrics() -> None:
 
 def test_alerts_and_dashboard_cover_the_new_health_metrics() -> None:
     used = all_used_metric_names()
-    for name in ("kube_audit_shipper_sink_state", "kube_audit_shipper_oldest_unread_file_at_risk", "kube_audit_shipper_file_bytes_behind", "kube_audit_shipper_checkpoint_age_seconds", "kube_audit_shipper_spool_bytes", "process_resident_memory_bytes", "process_cpu_seconds_total"):
+    for name in (
+        "kube_audit_shipper_sink_state",
+        "kube_audit_shipper_oldest_unread_file_at_risk",
+        "kube_audit_shipper_file_bytes_behind",
+        "kube_audit_shipper_checkpoint_age_seconds",
+        "kube_audit_shipper_spool_bytes",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+    ):
         assert name in used, name
     assert {"alert", "panel"} <= {where.split()[0] for where in used["kube_audit_shipper_sink_state"]}

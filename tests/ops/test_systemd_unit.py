@@ -144,7 +144,7 @@ def _verify_root(tmp_path: Path, unit_text: str, executable: Path | None = None)
     if executable is not None:
         shutil.copy2(executable, exe)
     else:
-        exe.write_text("#!/bin/sh\nexec python -m kube_audit_shipper \"$@\"\n")
+        exe.write_text('#!/bin/sh\nexec python -m kube_audit_shipper "$@"\n')
         exe.chmod(0o755)
     return root
 
@@ -173,7 +173,9 @@ def test_systemd_analyze_verify_catches_mistakes(tmp_path: Path) -> None:
 
 
 def security(unit: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ANALYZE or "systemd-analyze", "security", "--offline=yes", "--no-pager", *extra, str(unit)], capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [ANALYZE or "systemd-analyze", "security", "--offline=yes", "--no-pager", *extra, str(unit)], capture_output=True, text=True, timeout=60
+    )
 
 
 def exposure(output: str) -> tuple[float, str]:
@@ -196,7 +198,11 @@ def test_systemd_analyze_security_rates_ok_or_better() -> None:
 def test_systemd_analyze_security_sees_missing_hardening(tmp_path: Path) -> None:
     """Without the hardening block the same unit rates worse than OK: the check measures something."""
     text = UNIT.read_text()
-    kept = [line for line in text.splitlines() if not line.startswith(("Protect", "Private", "Restrict", "SystemCall", "Capability", "NoNewPrivileges", "Memory", "Lock", "Inaccessible"))]
+    kept = [
+        line
+        for line in text.splitlines()
+        if not line.startswith(("Protect", "Private", "Restrict", "SystemCall", "Capability", "NoNewPrivileges", "Memory", "Lock", "Inaccessible"))
+    ]
     weak = tmp_path / "kube-audit-shipper.service"
     weak.write_text("\n".join(kept) + "\n")
     level, rating = exposure(security(weak).stdout)

@@ -44,7 +44,6 @@ import httpx
 import msgspec
 
 from kube_audit_shipper.delivery.answers import retry_after
-
 from kube_audit_shipper.delivery.contract import (
     Blocked,
     Delivered,
@@ -57,7 +56,19 @@ from kube_audit_shipper.delivery.contract import (
     split_in_half,
 )
 
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout", 413: "Payload Too Large", 429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,9 @@ def slow(seconds: float) -> Action:
 
 def status(code: int, *, retry_after: str | float | None = None, body: bytes | None = None, delay: float = 0.0) -> Action:
     headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
-    return Action("status", status=code, delay=delay, headers=headers, body=body if body is not None else b'{"error":"%s"}' % _REASONS.get(code, "error").encode())
+    return Action(
+        "status", status=code, delay=delay, headers=headers, body=body if body is not None else b'{"error":"%s"}' % _REASONS.get(code, "error").encode()
+    )
 
 
 UNAUTHORIZED = status(401, body=b'{"error":"invalid access key"}')

@@ -57,8 +57,21 @@ from tests.support.loki_wire import (
 
 __all__ = ["Clock", "Entry", "LokiLimits", "LokiServer", "ManualClock", "Push", "recent_corpus"]
 SERVICE_NAME = "service_name"
-DISCOVER_SERVICE = ("service", "app", "application", "app_name", "name", "app_kubernetes_io_name", "container",
-                    "container_name", "k8s_container_name", "component", "workload", "job", "k8s_job_name")
+DISCOVER_SERVICE = (
+    "service",
+    "app",
+    "application",
+    "app_name",
+    "name",
+    "app_kubernetes_io_name",
+    "container",
+    "container_name",
+    "k8s_container_name",
+    "component",
+    "workload",
+    "job",
+    "k8s_job_name",
+)
 Answer = tuple[int, dict[str, str], bytes]
 
 
@@ -107,9 +120,17 @@ class _Stream:
 class LokiServer:
     """`with LokiServer() as loki:` serves on 127.0.0.1 (free port, own threads); `loki.url` is the base URL."""
 
-    def __init__(self, limits: LokiLimits | None = None, *, clock: Clock | None = None, auth_enabled: bool = False,
-                 basic_auth: tuple[str, str] | None = None, bearer_token: str | None = None,
-                 ssl_context: ssl.SSLContext | None = None, fault_rule: Callable[[int], Answer | None] | None = None) -> None:
+    def __init__(
+        self,
+        limits: LokiLimits | None = None,
+        *,
+        clock: Clock | None = None,
+        auth_enabled: bool = False,
+        basic_auth: tuple[str, str] | None = None,
+        bearer_token: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        fault_rule: Callable[[int], Answer | None] | None = None,
+    ) -> None:
         self.limits = limits or LokiLimits()
         self.clock = clock or Clock()
         self.auth_enabled, self.basic_auth, self.bearer_token = auth_enabled, basic_auth, bearer_token
@@ -205,18 +226,26 @@ class LokiServer:
         lim = self.limits
         bucket = self._tenants.setdefault(tenant, TokenBucket(lim.ingestion_rate_bytes, lim.ingestion_burst_bytes, self.clock))
         if not bucket.allow(size):
-            raise Reject(429, f"ingestion rate limit exceeded for user {tenant} (limit: {int(lim.ingestion_rate_bytes)} bytes/sec) while "
-                               f"attempting to ingest '{sum(len(es) for _, es in valid)}' lines totaling '{size}' bytes, reduce log volume "
-                               "or contact your Loki administrator to see if the limit can be increased")
+            raise Reject(
+                429,
+                f"ingestion rate limit exceeded for user {tenant} (limit: {int(lim.ingestion_rate_bytes)} bytes/sec) while "
+                f"attempting to ingest '{sum(len(es) for _, es in valid)}' lines totaling '{size}' bytes, reduce log volume "
+                "or contact your Loki administrator to see if the limit can be increased",
+            )
         message = self._message()
         for labels, entries in valid:
             stream = message.streams.add(labels=labels)
             for e in entries:
-                stream.entries.add(line=e.line, timestamp={"seconds": e.ts_ns // 10**9, "nanos": e.ts_ns % 10**9},
-                                   structuredMetadata=[{"name": k, "value": v} for k, v in e.metadata])
+                stream.entries.add(
+                    line=e.line,
+                    timestamp={"seconds": e.ts_ns // 10**9, "nanos": e.ts_ns % 10**9},
+                    structuredMetadata=[{"name": k, "value": v} for k, v in e.metadata],
+                )
         if message.ByteSize() > lim.grpc_max_recv_msg_size:
-            raise Reject(500, "rpc error: code = ResourceExhausted desc = grpc: received message larger than max "
-                               f"({message.ByteSize()} vs. {lim.grpc_max_recv_msg_size})")
+            raise Reject(
+                500,
+                f"rpc error: code = ResourceExhausted desc = grpc: received message larger than max ({message.ByteSize()} vs. {lim.grpc_max_recv_msg_size})",
+            )
         failure = None
         for labels, entries in valid:
             failure = self._ingest(tenant, labels, entries)  # instance.Push keeps the last stream's answer only
@@ -258,13 +287,21 @@ class LokiServer:
                 elif e.ts_ns > too_new:
                     errors.append(f"entry for stream '{text}' has timestamp too new: {rfc3339(e.ts_ns)}")
                 elif len(e.line.encode()) > lim.max_line_size:
-                    errors.append(f"max entry size '{lim.max_line_size}' bytes exceeded for stream '{text}' while adding an entry with length '{len(e.line.encode())}' bytes")
+                    errors.append(
+                        f"max entry size '{lim.max_line_size}' bytes exceeded for stream '{text}' while adding an entry with length '{len(e.line.encode())}' bytes"
+                    )
                 elif e.metadata and not lim.allow_structured_metadata:
-                    errors.append(f"stream '{text}' includes structured metadata, but this feature is disallowed. Please see `limits_config.structured_metadata` or contact your Loki administrator to enable it.")
+                    errors.append(
+                        f"stream '{text}' includes structured metadata, but this feature is disallowed. Please see `limits_config.structured_metadata` or contact your Loki administrator to enable it."
+                    )
                 elif e.metadata and sm > lim.max_structured_metadata_size:
-                    errors.append(f"stream '{text}' has structured metadata too large: '{sm}' bytes, limit: '{lim.max_structured_metadata_size}' bytes. Please see `limits_config.max_structured_metadata_size` or contact your Loki administrator to increase it.")
+                    errors.append(
+                        f"stream '{text}' has structured metadata too large: '{sm}' bytes, limit: '{lim.max_structured_metadata_size}' bytes. Please see `limits_config.max_structured_metadata_size` or contact your Loki administrator to increase it."
+                    )
                 elif len(e.metadata) > lim.max_structured_metadata_entries:
-                    errors.append(f"stream '{text}' has too many structured metadata labels: '{len(e.metadata)}', limit: '{lim.max_structured_metadata_entries}'. Please see `limits_config.max_structured_metadata_entries_count` or contact your Loki administrator to increase it.")
+                    errors.append(
+                        f"stream '{text}' has too many structured metadata labels: '{len(e.metadata)}', limit: '{lim.max_structured_metadata_entries}'. Please see `limits_config.max_structured_metadata_entries_count` or contact your Loki administrator to increase it."
+                    )
                 else:
                     kept.append(e)
             if kept:
@@ -290,9 +327,17 @@ class LokiServer:
             to_store.append(e)
         rate_limited = bool(to_store) and not stream.limiter.allow(valid_bytes)
         if rate_limited:  # all-or-nothing per stream
-            failed = [(e, (f"Per stream rate limit exceeded (limit: {datasize(lim.per_stream_rate_bytes)}/sec) while attempting to ingest for "
-                          f"stream '{labels}' totaling {datasize(len(e.line.encode()))}, consider splitting a stream via additional labels or "
-                          "contact your Loki administrator to see if the limit can be increased")) for e in to_store]
+            failed = [
+                (
+                    e,
+                    (
+                        f"Per stream rate limit exceeded (limit: {datasize(lim.per_stream_rate_bytes)}/sec) while attempting to ingest for "
+                        f"stream '{labels}' totaling {datasize(len(e.line.encode()))}, consider splitting a stream via additional labels or "
+                        "contact your Loki administrator to see if the limit can be increased"
+                    ),
+                )
+                for e in to_store
+            ]
             to_store = []
         for e in to_store:
             stream.last, stream.highest = (e.ts_ns, e.line), max(stream.highest, e.ts_ns)

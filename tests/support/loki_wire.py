@@ -33,7 +33,6 @@ class Entry:
     metadata: tuple[tuple[str, str], ...] = ()
 
 
-
 class Clock:
     """Wall time (timestamps' age) and a monotonic clock (rate limits); ManualClock freezes both."""
 
@@ -172,7 +171,7 @@ def parse_labels(text: str) -> list[tuple[str, str]]:
         if i < n and text[i] == '"':
             value, i = _go_string(text, i, fail)
         elif ident(i) > i:
-            raise fail(i, f'unexpected identifier "{text[i:ident(i)]}" in label set, expected string')
+            raise fail(i, f'unexpected identifier "{text[i : ident(i)]}" in label set, expected string')
         else:
             raise fail(i, f"unexpected character inside braces: '{text[i]}'" if i < n else "syntax error: unexpected $end")
         labels.append((name, value))
@@ -225,27 +224,32 @@ def grouped(errors: list[str]) -> str:
 # -- the official push schema, as a descriptor for the protobuf library ------------------------------------------
 def push_request_class() -> Any:
     f = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="pkg/push/push.proto", package="logproto", syntax="proto3",
-                                             dependency=["google/protobuf/timestamp.proto"])
+    fdp = descriptor_pb2.FileDescriptorProto(name="pkg/push/push.proto", package="logproto", syntax="proto3", dependency=["google/protobuf/timestamp.proto"])
     spec = {
         "PushRequest": [("streams", 1, f.TYPE_MESSAGE, ".logproto.StreamAdapter", True), ("format", 2, f.TYPE_STRING, "", False)],
-        "StreamAdapter": [("labels", 1, f.TYPE_STRING, "", False), ("entries", 2, f.TYPE_MESSAGE, ".logproto.EntryAdapter", True),
-                          ("hash", 3, f.TYPE_UINT64, "", False)],
+        "StreamAdapter": [
+            ("labels", 1, f.TYPE_STRING, "", False),
+            ("entries", 2, f.TYPE_MESSAGE, ".logproto.EntryAdapter", True),
+            ("hash", 3, f.TYPE_UINT64, "", False),
+        ],
         "LabelPairAdapter": [("name", 1, f.TYPE_STRING, "", False), ("value", 2, f.TYPE_STRING, "", False)],
-        "EntryAdapter": [("timestamp", 1, f.TYPE_MESSAGE, ".google.protobuf.Timestamp", False), ("line", 2, f.TYPE_STRING, "", False),
-                         ("structuredMetadata", 3, f.TYPE_MESSAGE, ".logproto.LabelPairAdapter", True),
-                         ("parsed", 4, f.TYPE_MESSAGE, ".logproto.LabelPairAdapter", True)],
+        "EntryAdapter": [
+            ("timestamp", 1, f.TYPE_MESSAGE, ".google.protobuf.Timestamp", False),
+            ("line", 2, f.TYPE_STRING, "", False),
+            ("structuredMetadata", 3, f.TYPE_MESSAGE, ".logproto.LabelPairAdapter", True),
+            ("parsed", 4, f.TYPE_MESSAGE, ".logproto.LabelPairAdapter", True),
+        ],
     }
     for name, fields in spec.items():
         msg = fdp.message_type.add(name=name)
         for fname, number, ftype, type_name, repeated in fields:
-            msg.field.add(name=fname, number=number, type=ftype, type_name=type_name or None,
-                          label=f.LABEL_REPEATED if repeated else f.LABEL_OPTIONAL, json_name=fname)
+            msg.field.add(
+                name=fname, number=number, type=ftype, type_name=type_name or None, label=f.LABEL_REPEATED if repeated else f.LABEL_OPTIONAL, json_name=fname
+            )
     pool = descriptor_pool.DescriptorPool()
     pool.AddSerializedFile(timestamp_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(fdp)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("logproto.PushRequest"))
-
 
 
 def decode_push(headers: dict[str, str], body: bytes, message_class: Any) -> list[tuple[str, list[Entry]]]:
@@ -268,15 +272,17 @@ def decode_push(headers: dict[str, str], body: bytes, message_class: Any) -> lis
         return decode_json(body)
     try:
         raw = bytes(cramjam.snappy.decompress_raw(body))
-    except Exception:  # noqa: BLE001 - cramjam raises its own DecompressionError
+    except Exception:
         raise Reject(400, "snappy: corrupt input") from None
     message = message_class()
     try:
         message.ParseFromString(raw)
     except DecodeError as exc:
         raise Reject(400, f"proto: {exc}") from None
-    return [(s.labels, [Entry(e.timestamp.seconds * 10**9 + e.timestamp.nanos, e.line,
-                              tuple((p.name, p.value) for p in e.structuredMetadata)) for e in s.entries]) for s in message.streams]
+    return [
+        (s.labels, [Entry(e.timestamp.seconds * 10**9 + e.timestamp.nanos, e.line, tuple((p.name, p.value) for p in e.structuredMetadata)) for e in s.entries])
+        for s in message.streams
+    ]
 
 
 def decode_json(body: bytes) -> list[tuple[str, list[Entry]]]:

@@ -193,7 +193,13 @@ def bulky_lines(n: int, *, prefix: str) -> list[bytes]:
         stamp = (start + timedelta(milliseconds=10 * i)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         event["requestReceivedTimestamp"] = event["stageTimestamp"] = stamp
         key = base64.b64encode(rng.randbytes(3072)).decode()
-        event["requestObject"] = {"kind": "Secret", "apiVersion": "v1", "metadata": {"name": f"tls-{i}", "namespace": "default"}, "type": "kubernetes.io/tls", "data": {"tls.key": key}}
+        event["requestObject"] = {
+            "kind": "Secret",
+            "apiVersion": "v1",
+            "metadata": {"name": f"tls-{i}", "namespace": "default"},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.key": key},
+        }
         out.append(msgspec.json.encode(event))
     return out
 

@@ -127,7 +127,9 @@ class SlsTestServer:
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.keys = dict(keys if keys is not None else {"AKID": ("SECRET", "")})  # id -> (secret, sts token or "")
-        self.projects: dict[str, dict[str, Logstore]] = {p: {ls: Logstore(ls) for ls in stores} for p, stores in (projects or {"k8s-log-c0123": ["audit-c0123"]}).items()}
+        self.projects: dict[str, dict[str, Logstore]] = {
+            p: {ls: Logstore(ls) for ls in stores} for p, stores in (projects or {"k8s-log-c0123": ["audit-c0123"]}).items()
+        }
         self.region = region
         self.clock_offset_s = clock_offset_s
         self.max_raw_bytes = max_raw_bytes
@@ -233,7 +235,11 @@ class SlsTestServer:
             status, payload = self._route(method, path, params, headers, body, seen)
         except SlsReject as exc:
             seen.status, seen.code = exc.status, exc.code
-            return exc.status, {"x-log-requestid": rid, "Content-Type": "application/json", **exc.headers}, json.dumps({"errorCode": exc.code, "errorMessage": exc.message}).encode()
+            return (
+                exc.status,
+                {"x-log-requestid": rid, "Content-Type": "application/json", **exc.headers},
+                json.dumps({"errorCode": exc.code, "errorMessage": exc.message}).encode(),
+            )
         seen.status = status
         return status, {"x-log-requestid": rid, "Content-Type": "application/json"}, payload
 

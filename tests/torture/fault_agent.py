@@ -24,10 +24,7 @@ from tests.support.fault_sink import FaultSink
 
 
 def build_sinks(cfg: Any, url: str, timeout: float) -> list[Any]:
-    return [
-        FaultSink(s.name, url, timeout=timeout) if s.name.startswith("flaky") else build_sink(s, node=cfg.node, state_dir=cfg.state_dir)
-        for s in cfg.sinks
-    ]
+    return [FaultSink(s.name, url, timeout=timeout) if s.name.startswith("flaky") else build_sink(s, node=cfg.node, state_dir=cfg.state_dir) for s in cfg.sinks]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

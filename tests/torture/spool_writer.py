@@ -32,7 +32,6 @@ def payload(n: int, rng: random.Random) -> bytes:
 def main() -> None:
     directory, seed, number, max_bytes, segment_bytes = sys.argv[1], *map(int, sys.argv[2:6])
     rng = random.Random(seed)
-    out = sys.stdout
     spool = Spool(Path(directory), max_bytes=max_bytes, segment_bytes=segment_bytes, ack_flush_every=16)
     pending: list[tuple[RecordId, int]] = []  # unacked, from earlier runs and this one
     after = None

@@ -78,7 +78,21 @@ def test_sigkill_during_writes_and_rotations_loses_nothing(tmp_path: Path, compr
             }
         )
     )
-    writer_args = [sys.executable, "-m", "kube_audit_shipper.demo.apiserver", "--path", str(logdir / "audit.log"), "--events", str(EVENTS), "--rate", str(RATE), "--max-bytes", str(400_000), "--seed", "7"]
+    writer_args = [
+        sys.executable,
+        "-m",
+        "kube_audit_shipper.demo.apiserver",
+        "--path",
+        str(logdir / "audit.log"),
+        "--events",
+        str(EVENTS),
+        "--rate",
+        str(RATE),
+        "--max-bytes",
+        str(400_000),
+        "--seed",
+        "7",
+    ]
     if compress:
         writer_args.append("--compress")
     writer = subprocess.Popen(writer_args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -100,6 +100,5 @@ def test_sigkill_never_loses_a_durable_unacked_record(tmp_path: Path) -> None:
         assert on_disk <= MAX_BYTES
         assert not list(spool_dir.glob("*.corrupt"))
     elapsed = time.monotonic() - started
-    print(f"spool torture: {KILLS} kills in {elapsed:.1f}s, {len(durable)} durable appends, "
-          f"{len(acked)} durable acks, {torn} torn tails cut")
+    print(f"spool torture: {KILLS} kills in {elapsed:.1f}s, {len(durable)} durable appends, {len(acked)} durable acks, {torn} torn tails cut")
     assert ready_runs >= KILLS // 2 and len(durable) > 100 and len(acked) > 20  # the loop did real work

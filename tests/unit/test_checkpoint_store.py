@@ -26,7 +26,16 @@ def entries() -> list[Entry]:
             complete=True,
             gone_since=None,
         ),
-        Entry(path="/var/log/kubernetes/audit/audit-2026-11-21T10-00-00.000.log.gz", dev=64768, ino=99, fp_len=17, fp="0123456789abcdef", gzip=True, offset=12, gone_since=1763805600.5),
+        Entry(
+            path="/var/log/kubernetes/audit/audit-2026-11-21T10-00-00.000.log.gz",
+            dev=64768,
+            ino=99,
+            fp_len=17,
+            fp="0123456789abcdef",
+            gzip=True,
+            offset=12,
+            gone_since=1763805600.5,
+        ),
     ]
 
 

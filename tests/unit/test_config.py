@@ -433,7 +433,11 @@ def test_describe() -> None:
 def test_convert_all_collects_instead_of_raising() -> None:
     value, errors = convert_all({"max_events": "x", "max_bytes": 1, "nope": 1}, BatchConfig)
     assert sorted(errors) == sorted(
-        ['max_events: expected int >= 1 and <= 1000000, got "x"', "max_bytes: expected int >= 1024 and <= 1073741824, got 1", "nope: unknown key; known keys: max_bytes, max_events, max_wait_ms"]
+        [
+            'max_events: expected int >= 1 and <= 1000000, got "x"',
+            "max_bytes: expected int >= 1024 and <= 1073741824, got 1",
+            "nope: unknown key; known keys: max_bytes, max_events, max_wait_ms",
+        ]
     )
     value, errors = convert_all({"max_events": 2}, BatchConfig)
     assert errors == [] and value == BatchConfig(max_events=2)

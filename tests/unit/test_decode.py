@@ -12,8 +12,8 @@ from kube_audit_shipper.errors import MalformedEventError
 from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.process.decode import LineProcessor, check_event
 from kube_audit_shipper.source.reader import LineReader, Lines
-
 from tests.support.corpus import DATA
+
 CORPUS_DIR = DATA / "real-audit"
 MiB = 1 << 20
 

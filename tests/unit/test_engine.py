@@ -224,7 +224,15 @@ class SpyLedger(Ledger):
 
 
 def runner_for(
-    sink: MemSink, ledger: Ledger, dl: DeadLetterStore, *, batch: BatchConfig, retry: RetryConfig = FAST_RETRY, concurrency: int = 1, spool: Spool | None = None, metrics: Any = None
+    sink: MemSink,
+    ledger: Ledger,
+    dl: DeadLetterStore,
+    *,
+    batch: BatchConfig,
+    retry: RetryConfig = FAST_RETRY,
+    concurrency: int = 1,
+    spool: Spool | None = None,
+    metrics: Any = None,
 ) -> SinkRunner:
     return SinkRunner(sink, batch=batch, retry=retry, concurrency=concurrency, ledger=ledger, deadletter=dl, spool=spool, metrics=metrics)
 
@@ -464,7 +472,9 @@ async def test_a_full_batch_is_sent_at_once(dl: DeadLetterStore, limit: str) -> 
     sink.send = send  # type: ignore[method-assign]
     ledger = SpyLedger([sink], model)
     ledger.open(1, 0)
-    batch = BatchConfig(max_events=4, max_bytes=MiB, max_wait_ms=NEVER) if limit == "events" else BatchConfig(max_events=1000, max_bytes=1024, max_wait_ms=NEVER)
+    batch = (
+        BatchConfig(max_events=4, max_bytes=MiB, max_wait_ms=NEVER) if limit == "events" else BatchConfig(max_events=1000, max_bytes=1024, max_wait_ms=NEVER)
+    )
     runner = runner_for(sink, ledger, dl, batch=batch)
     task = asyncio.get_running_loop().create_task(runner.run())
     runner.queue.put_nowait(c)

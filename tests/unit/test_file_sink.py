@@ -28,8 +28,8 @@ from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.sinks.file import sink as sink_mod
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
 from kube_audit_shipper.sinks.file.sink import FileSink, valid_prefix
-
 from tests.support.corpus import DATA
+
 CORPUS_DIR = DATA / "real-audit"
 MiB = 1 << 20
 FINAL_RE = re.compile(r"^audit-(\d{8}T\d{6}\.\d{6})Z-(\d{4})\.ndjson\.zst$")
@@ -374,7 +374,9 @@ class FailingWrite:
 
 @pytest.mark.parametrize("partial", [0, 1, 50])
 @pytest.mark.asyncio
-async def test_enospc_is_retry_leaves_no_partial_frame_and_the_retry_appends_to_a_clean_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partial: int) -> None:
+async def test_enospc_is_retry_leaves_no_partial_frame_and_the_retry_appends_to_a_clean_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partial: int
+) -> None:
     sink = FileSink(cfg(tmp_path))
     first = [b'{"n":%d}' % i for i in range(20)]
     await ship(sink, first)
@@ -529,7 +531,14 @@ async def test_engine_retries_enospc_and_each_batch_lands_once_in_order(tmp_path
     ledger.open(1, 0)
     dl = DeadLetterStore(state, max_bytes=MiB, max_event_bytes=MiB)
     try:
-        runner = SinkRunner(sink, batch=BatchConfig(max_events=10, max_bytes=MiB, max_wait_ms=3_600_000), retry=RetryConfig(initial_ms=1, max_ms=5), concurrency=4, ledger=ledger, deadletter=dl)
+        runner = SinkRunner(
+            sink,
+            batch=BatchConfig(max_events=10, max_bytes=MiB, max_wait_ms=3_600_000),
+            retry=RetryConfig(initial_ms=1, max_ms=5),
+            concurrency=4,
+            ledger=ledger,
+            deadletter=dl,
+        )
         task = asyncio.get_running_loop().create_task(runner.run())
         for c in chunks:
             runner.queue.put_nowait(c)

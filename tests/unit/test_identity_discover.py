@@ -13,8 +13,8 @@ import pytest
 from kube_audit_shipper.checkpoint.store import Entry
 from kube_audit_shipper.source.discover import Found, backup_pattern, discover, split_backup
 from kube_audit_shipper.source.identity import FP_BYTES, FileStat, Fingerprint, is_gzip_fd, match_checkpoint, read_head
-
 from tests.support.corpus import DATA
+
 CORPUS_DIR = DATA / "real-audit"
 
 TS0 = "2026-11-22T09-00-00.000"
@@ -376,7 +376,7 @@ def test_rule3_short_head_with_newline_matches_across_inodes(tmp_path: Path) -> 
     dst = tmp_path / "moved.log"
     shutil.copyfile(src, dst)
     with dst.open("ab") as fh:
-        fh.write(b':2}\n')
+        fh.write(b":2}\n")
     got, stale = match_checkpoint(fstat(dst), head_of(dst), [e], set())
     assert got is e and stale is False
 

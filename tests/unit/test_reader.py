@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from kube_audit_shipper.source import reader as reader_mod
 from kube_audit_shipper.source.reader import CorruptInputError, LineReader, Lines
-
 from tests.support.corpus import DATA
+
 CORPUS_DIR = DATA / "real-audit"
 
 
@@ -121,7 +121,7 @@ def gz_members(content: bytes, cuts: list[int]) -> bytes:
 
 def lines_with_lengths(lengths: list[int], seed: int = 0, crlf: bool = False) -> bytes:
     rnd = random.Random(seed)
-    alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789{}\":,"
+    alphabet = b'abcdefghijklmnopqrstuvwxyz0123456789{}":,'
     out = bytearray()
     for n in lengths:
         out += bytes(rnd.choice(alphabet) for _ in range(n))

@@ -151,11 +151,25 @@ def test_checksums_are_what_s3_expects() -> None:
 
 def test_object_parameters_carry_sse_storage_class_and_tags() -> None:
     cfg = msgspec.convert(
-        {"type": "s3", "name": "a", "bucket": "bkt", "sse": "aws:kms", "sse_kms_key_id": "alias/k", "storage_class": "STANDARD_IA", "tags": {"a b": "c/d", "t": "1"}},
+        {
+            "type": "s3",
+            "name": "a",
+            "bucket": "bkt",
+            "sse": "aws:kms",
+            "sse_kms_key_id": "alias/k",
+            "storage_class": "STANDARD_IA",
+            "tags": {"a b": "c/d", "t": "1"},
+        },
         S3SinkConfig,
     )
     args = Uploader(cfg, sink_name="a").object_args
-    assert args == {"ContentType": "application/zstd", "StorageClass": "STANDARD_IA", "ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/k", "Tagging": "a+b=c%2Fd&t=1"}
+    assert args == {
+        "ContentType": "application/zstd",
+        "StorageClass": "STANDARD_IA",
+        "ServerSideEncryption": "aws:kms",
+        "SSEKMSKeyId": "alias/k",
+        "Tagging": "a+b=c%2Fd&t=1",
+    }
 
 
 def test_staged_frames_decompress_with_the_standard_reader(tmp_path: Path) -> None:

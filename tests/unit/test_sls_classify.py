@@ -18,7 +18,16 @@ SECRET = "THE-SECRET-VALUE"
 
 def sink() -> SlsSink:
     cfg = msgspec.convert(
-        {"name": "sls", "type": "sls", "endpoint": "cn-hangzhou.log.aliyuncs.com", "project": "k8s-log-c0123", "logstore": "audit-c0123", "access_key_id": "LTAIkey", "access_key_secret": SECRET, "source": "10.0.0.1"},
+        {
+            "name": "sls",
+            "type": "sls",
+            "endpoint": "cn-hangzhou.log.aliyuncs.com",
+            "project": "k8s-log-c0123",
+            "logstore": "audit-c0123",
+            "access_key_id": "LTAIkey",
+            "access_key_secret": SECRET,
+            "source": "10.0.0.1",
+        },
         SlsSinkConfig,
     )
     return SlsSink(cfg, node="n")

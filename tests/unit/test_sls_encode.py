@@ -250,14 +250,25 @@ def test_shard_hash_key() -> None:
     ],
 )
 def test_config_errors(over: dict[str, Any], message: str) -> None:
-    spec = {"name": "s", "type": "sls", "endpoint": "cn-hangzhou.log.aliyuncs.com", "project": "k8s-log-c0123", "logstore": "audit-c0123", "access_key_id": "A", "access_key_secret": "S"}
+    spec = {
+        "name": "s",
+        "type": "sls",
+        "endpoint": "cn-hangzhou.log.aliyuncs.com",
+        "project": "k8s-log-c0123",
+        "logstore": "audit-c0123",
+        "access_key_id": "A",
+        "access_key_secret": "S",
+    }
     spec.update(over)
     with pytest.raises(msgspec.ValidationError, match=message):
         msgspec.convert(spec, SlsSinkConfig)
 
 
 def test_v4_region_comes_from_the_endpoint() -> None:
-    cfg = msgspec.convert({"name": "s", "type": "sls", "endpoint": "cn-shanghai-intranet.log.aliyuncs.com", "project": "pp1", "logstore": "ls", "signature_version": "v4"}, SlsSinkConfig)
+    cfg = msgspec.convert(
+        {"name": "s", "type": "sls", "endpoint": "cn-shanghai-intranet.log.aliyuncs.com", "project": "pp1", "logstore": "ls", "signature_version": "v4"},
+        SlsSinkConfig,
+    )
     assert cfg.effective_region == "cn-shanghai"
 
 
@@ -292,4 +303,7 @@ def test_fit_always_fits_and_keeps_the_identity(seed: int) -> None:
     got = dict(shaped.contents)
     assert got[b"auditID"] == event["auditID"].encode() and got[b"verb"] == event["verb"].encode()
     if shaped.note:
-        assert shaped.note.encode() in got.get(b"annotations", b"") + got.get(b"annotations_truncated", b"") or TRUNCATED_ANNOTATION.encode() in got[b"annotations"]
+        assert (
+            shaped.note.encode() in got.get(b"annotations", b"") + got.get(b"annotations_truncated", b"")
+            or TRUNCATED_ANNOTATION.encode() in got[b"annotations"]
+        )

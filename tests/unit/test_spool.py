@@ -155,9 +155,8 @@ def test_seqs_are_not_reused_after_everything_was_acked_and_reclaimed(tmp_path: 
 
 
 def test_second_opener_is_refused(tmp_path: Path) -> None:
-    with Spool(tmp_path / "s", max_bytes=1 << 20):
-        with pytest.raises(StateError, match="already open"):
-            Spool(tmp_path / "s", max_bytes=1 << 20)
+    with Spool(tmp_path / "s", max_bytes=1 << 20), pytest.raises(StateError, match="already open"):
+        Spool(tmp_path / "s", max_bytes=1 << 20)
     Spool(tmp_path / "s", max_bytes=1 << 20).close()
 
 
@@ -201,9 +200,7 @@ def _five_record_segment(d: Path) -> tuple[Path, list[int]]:
 
 
 @pytest.mark.parametrize("where", [0, 2, 5, 9, 18, 22, 26, 30, 40, 200])  # sync, crc, flags, seq, lengths, meta, data
-def test_corrupt_byte_in_the_middle_skips_only_that_record(
-    tmp_path: Path, where: int, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_corrupt_byte_in_the_middle_skips_only_that_record(tmp_path: Path, where: int, caplog: pytest.LogCaptureFixture) -> None:
     seg, starts = _five_record_segment(tmp_path / "s")
     size = seg.stat().st_size
     data = bytearray(seg.read_bytes())
@@ -385,9 +382,7 @@ def test_concurrent_writer_and_reader(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fail_at", ["write", "fsync"])
-def test_failed_append_is_cut_back_and_the_spool_stays_consistent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str
-) -> None:
+def test_failed_append_is_cut_back_and_the_spool_stays_consistent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str) -> None:
     d = tmp_path / "s"
     with Spool(d, max_bytes=1 << 20) as sp:
         sp.append(b"before", b"0")

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from kube_audit_shipper.process.enrich.config import DerivedConfig, EnrichConfig, RedactConfig
 from kube_audit_shipper.errors import MalformedEventError
+from kube_audit_shipper.process.enrich.config import DerivedConfig, EnrichConfig, RedactConfig
 from kube_audit_shipper.process.policy.load import load_policy, parse_policy
 from kube_audit_shipper.process.policy.match import compile_policy
 from kube_audit_shipper.process.transform import Transform, build_transform
-
 from tests.support.corpus import DATA
+
 OFF = EnrichConfig(enabled=False)
 
 
@@ -68,11 +67,7 @@ def test_malformed_lines_raise(line):
 
 def test_drops_and_matched_are_counted_per_rule():
     transform = build_transform(
-        policy(
-            "omitStages: [RequestReceived]\nrules:\n"
-            "- level: None\n  nonResourceURLs: [/healthz*]\n"
-            "- level: Metadata\n  verbs: [get]\n"
-        ),
+        policy("omitStages: [RequestReceived]\nrules:\n- level: None\n  nonResourceURLs: [/healthz*]\n- level: Metadata\n  verbs: [get]\n"),
         OFF,
         node_name="n",
     )
@@ -141,9 +136,7 @@ def test_policy_trim_redaction_and_enrichment_together():
             "responseObject": secret,
         }
     ).encode()
-    transform = build_transform(
-        policy("omitManagedFields: true\nrules:\n- level: Request\n"), EnrichConfig(), node_name="n"
-    )
+    transform = build_transform(policy("omitManagedFields: true\nrules:\n- level: Request\n"), EnrichConfig(), node_name="n")
     out = json.loads(transform.apply(line))
     assert out["level"] == "Request" and "responseObject" not in out
     assert out["requestObject"] == {"kind": "Secret", "metadata": {"name": "s"}, "data": {"k": "***"}}

@@ -27,11 +27,4 @@ def is_public_ip(text: str) -> bool | None:
             return False  # a zoned address is link-scoped by definition
     if isinstance(address, ipaddress.IPv4Address) and address in _CGNAT:
         return False
-    return not (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or address.is_multicast
-        or address.is_reserved
-    )
+    return not (address.is_private or address.is_loopback or address.is_link_local or address.is_unspecified or address.is_multicast or address.is_reserved)

@@ -45,9 +45,7 @@ AUDIT_EVENT_FIELDS = frozenset(
     }
 )
 
-DerivedField = Literal[
-    "source_ip", "source_ip_public", "user_kind", "effective_user", "outcome", "latency_ms", "pod_session"
-]
+DerivedField = Literal["source_ip", "source_ip_public", "user_kind", "effective_user", "outcome", "latency_ms", "pod_session"]
 ALL_DERIVED_FIELDS: tuple[DerivedField, ...] = (
     "source_ip",
     "source_ip_public",
@@ -61,9 +59,7 @@ ALL_DERIVED_FIELDS: tuple[DerivedField, ...] = (
 
 class DerivedConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     enabled: Annotated[bool, msgspec.Meta(description="add the derived security fields object")] = True
-    field: Annotated[
-        str, msgspec.Meta(min_length=1, description="top-level name of the object holding the derived fields")
-    ] = "derived"
+    field: Annotated[str, msgspec.Meta(min_length=1, description="top-level name of the object holding the derived fields")] = "derived"
     include: Annotated[
         tuple[DerivedField, ...],
         msgspec.Meta(description="which derived fields to compute (default: all of them)"),
@@ -128,10 +124,7 @@ class RedactConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
     replacement: Annotated[str, msgspec.Meta(description="the text a masked value becomes in replace mode")] = "***"
     hash_key: Annotated[
         str | None,
-        msgspec.Meta(
-            description="with mode hash: HMAC-SHA256 key, so short secrets cannot be recovered by guessing; "
-            "absent: plain SHA-256"
-        ),
+        msgspec.Meta(description="with mode hash: HMAC-SHA256 key, so short secrets cannot be recovered by guessing; absent: plain SHA-256"),
     ] = None
     default_rules: Annotated[
         bool,
@@ -155,9 +148,7 @@ class RedactConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
 
 
 class EnrichConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    enabled: Annotated[
-        bool, msgspec.Meta(description="master switch: false ships events without any enrichment or redaction")
-    ] = True
+    enabled: Annotated[bool, msgspec.Meta(description="master switch: false ships events without any enrichment or redaction")] = True
     static_fields: Annotated[
         dict[str, str | int | float | bool],
         msgspec.Meta(description="static top-level fields added to every event, e.g. cluster_id and region"),
@@ -166,12 +157,8 @@ class EnrichConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
         str,
         msgspec.Meta(description='top-level field holding the node name (the agent\'s `node_name`); "" leaves it out'),
     ] = "node"
-    derived: Annotated[DerivedConfig, msgspec.Meta(description="derived security fields")] = msgspec.field(
-        default_factory=DerivedConfig
-    )
-    redact: Annotated[RedactConfig, msgspec.Meta(description="secret redaction")] = msgspec.field(
-        default_factory=RedactConfig
-    )
+    derived: Annotated[DerivedConfig, msgspec.Meta(description="derived security fields")] = msgspec.field(default_factory=DerivedConfig)
+    redact: Annotated[RedactConfig, msgspec.Meta(description="secret redaction")] = msgspec.field(default_factory=RedactConfig)
 
     def __post_init__(self) -> None:
         names = list(self.static_fields)

@@ -182,10 +182,7 @@ class Redactor:
         if not self._hash:
             return self._replacement
         data = value.encode() if isinstance(value, str) else self._encoder.encode(value)
-        if self._hash_key is not None:
-            digest = hmac.new(self._hash_key, data, hashlib.sha256).hexdigest()
-        else:
-            digest = hashlib.sha256(data).hexdigest()
+        digest = hmac.new(self._hash_key, data, hashlib.sha256).hexdigest() if self._hash_key is not None else hashlib.sha256(data).hexdigest()
         return "sha256:" + digest
 
     def redact_uri(self, uri: str) -> str:

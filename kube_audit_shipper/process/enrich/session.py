@@ -58,11 +58,6 @@ def pod_session(view: AuditEventView) -> dict[str, object] | None:
 def _from_path(path: str) -> tuple[str, str, str] | None:
     """(subresource, namespace, pod) from `/api/v1/namespaces/<ns>/pods/<pod>/<subresource>` (no objectRef)."""
     parts = unquote(path).strip("/").split("/")
-    if (
-        len(parts) == 7
-        and parts[:3] == ["api", "v1", "namespaces"]
-        and parts[4] == "pods"
-        and parts[6] in SESSION_SUBRESOURCES
-    ):
+    if len(parts) == 7 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "pods" and parts[6] in SESSION_SUBRESOURCES:
         return parts[6], parts[3], parts[5]
     return None

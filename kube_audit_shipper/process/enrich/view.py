@@ -35,10 +35,10 @@ class ObjectRefView(Protocol):
     def name(self) -> str | UnsetType: ...
 
     @property
-    def apiGroup(self) -> str | UnsetType: ...  # noqa: N802 - the audit Event's own spelling
+    def apiGroup(self) -> str | UnsetType: ...
 
     @property
-    def apiVersion(self) -> str | UnsetType: ...  # noqa: N802
+    def apiVersion(self) -> str | UnsetType: ...
 
 
 class StatusView(Protocol):
@@ -53,28 +53,28 @@ class AuditEventView(Protocol):
     def verb(self) -> str | UnsetType: ...
 
     @property
-    def requestURI(self) -> str | UnsetType: ...  # noqa: N802
+    def requestURI(self) -> str | UnsetType: ...
 
     @property
     def user(self) -> UserView | UnsetType: ...
 
     @property
-    def impersonatedUser(self) -> UserView | UnsetType: ...  # noqa: N802
+    def impersonatedUser(self) -> UserView | UnsetType: ...
 
     @property
-    def sourceIPs(self) -> list[str] | UnsetType: ...  # noqa: N802
+    def sourceIPs(self) -> list[str] | UnsetType: ...
 
     @property
-    def objectRef(self) -> ObjectRefView | UnsetType: ...  # noqa: N802
+    def objectRef(self) -> ObjectRefView | UnsetType: ...
 
     @property
-    def responseStatus(self) -> StatusView | UnsetType: ...  # noqa: N802
+    def responseStatus(self) -> StatusView | UnsetType: ...
 
     @property
-    def requestReceivedTimestamp(self) -> str | UnsetType: ...  # noqa: N802
+    def requestReceivedTimestamp(self) -> str | UnsetType: ...
 
     @property
-    def stageTimestamp(self) -> str | UnsetType: ...  # noqa: N802
+    def stageTimestamp(self) -> str | UnsetType: ...
 
     @property
     def annotations(self) -> dict[str, str] | UnsetType: ...

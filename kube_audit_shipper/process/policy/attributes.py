@@ -99,9 +99,7 @@ def request_attributes(event: RecordedEvent, *, need_name: bool = True) -> Reque
     path, query = split_request_uri(uri)
     info = parse_request_info(path, verb, query)
     if info.is_resource:
-        return RequestAttributes(
-            username, groups, verb, True, info.api_group, info.resource, info.subresource, info.namespace, info.name, ""
-        )
+        return RequestAttributes(username, groups, verb, True, info.api_group, info.resource, info.subresource, info.namespace, info.name, "")
     return RequestAttributes(username, groups, verb, False, "", "", "", "", "", path)
 
 

@@ -89,9 +89,7 @@ _WIRE = msgspec.json.Decoder(AuditEventWire)
 _TOP = msgspec.json.Decoder(dict[str, Raw])
 _ANY = msgspec.json.Decoder()
 _FIELD_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    field.name: msgspec.json.Decoder(field.type)
-    for field in msgspec.structs.fields(AuditEventWire)
-    if field.name not in _BODIES
+    field.name: msgspec.json.Decoder(field.type) for field in msgspec.structs.fields(AuditEventWire) if field.name not in _BODIES
 }
 
 
@@ -108,9 +106,7 @@ def _lenient_user(value: Any) -> UserInfo | UnsetType:
 def _lenient_object_ref(value: Any) -> ObjectReference | UnsetType:
     if not isinstance(value, dict):
         return UNSET
-    return ObjectReference(
-        **{name: item for name in ObjectReference.__struct_fields__ if isinstance(item := value.get(name), str)}
-    )
+    return ObjectReference(**{name: item for name in ObjectReference.__struct_fields__ if isinstance(item := value.get(name), str)})
 
 
 def _lenient_status(value: Any) -> Status | UnsetType:
@@ -155,7 +151,7 @@ class RecordedEvent:
     For an apiserver line `view` is also the output; for a line with unknown fields the output is `top`.
     """
 
-    __slots__ = ("view", "top", "dirty")
+    __slots__ = ("dirty", "top", "view")
 
     def __init__(self, view: AuditEventWire, top: dict[str, Raw] | None = None, *, dirty: bool = False) -> None:
         self.view = view

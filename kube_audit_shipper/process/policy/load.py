@@ -122,9 +122,7 @@ def _read_yaml(data: bytes | str, source: str | None, warnings: list[str]) -> An
         if not nodes:
             return None
         if len(nodes) > 1:
-            warnings.append(
-                f"only the first YAML document is read, as kube-apiserver does; {len(nodes) - 1} more ignored"
-            )
+            warnings.append(f"only the first YAML document is read, as kube-apiserver does; {len(nodes) - 1} more ignored")
         _warn_duplicate_keys(nodes[0], "", warnings)
         return loader.construct_document(nodes[0])
     except yaml.YAMLError as exc:
@@ -152,16 +150,10 @@ def _check_type_meta(document: dict[Any, Any], problems: list[str], warnings: li
     api_version = document.get("apiVersion")
     kind = document.get("kind")
     if not isinstance(api_version, str) or not api_version or not isinstance(kind, str) or not kind:
-        problems.append(
-            f"unknown group version field in policy: apiVersion {api_version!r}, kind {kind!r}; "
-            f"expected apiVersion {API_VERSION} and kind {KIND}"
-        )
+        problems.append(f"unknown group version field in policy: apiVersion {api_version!r}, kind {kind!r}; expected apiVersion {API_VERSION} and kind {KIND}")
         return API_VERSION
     if api_version in DEPRECATED_API_VERSIONS:
-        warnings.append(
-            f"apiVersion {api_version} is deprecated (refused by kube-apiserver since 1.24), use {API_VERSION}; "
-            "read with the same rule semantics"
-        )
+        warnings.append(f"apiVersion {api_version} is deprecated (refused by kube-apiserver since 1.24), use {API_VERSION}; read with the same rule semantics")
     elif api_version != API_VERSION:
         problems.append(f"unknown group version field {api_version!r} in policy; expected {API_VERSION}")
     if kind != KIND:
@@ -210,9 +202,7 @@ def _boolean(value: object, path: str, problems: list[str]) -> bool | None:
     return None
 
 
-def _fields(
-    value: object, path: str, known: frozenset[str], problems: list[str], warnings: list[str], *, widens: bool
-) -> dict[Any, Any]:
+def _fields(value: object, path: str, known: frozenset[str], problems: list[str], warnings: list[str], *, widens: bool) -> dict[Any, Any]:
     """`value` as a mapping (null → empty); unknown keys become warnings."""
     if value is None:
         return {}
@@ -222,10 +212,7 @@ def _fields(
     for key in value:
         if key not in known:
             where = f"{path}: unknown field {str(key)!r}" if path else f"unknown field {str(key)!r}"
-            warnings.append(
-                f"{where} ignored (kube-apiserver >= 1.26 drops it after strict decoding fails)"
-                + (_WIDENS if widens else "")
-            )
+            warnings.append(f"{where} ignored (kube-apiserver >= 1.26 drops it after strict decoding fails)" + (_WIDENS if widens else ""))
     return value
 
 

@@ -38,7 +38,7 @@ class Decision(NamedTuple):
 
 
 class _GroupResourcesMatcher:
-    __slots__ = ("any_group", "group", "all_resources", "names", "any_resource", "exact", "any_parent", "parents")
+    __slots__ = ("all_resources", "any_group", "any_parent", "any_resource", "exact", "group", "names", "parents")
 
     def __init__(self, entry: GroupResources) -> None:
         self.any_group = entry.group == ANY_GROUP
@@ -66,7 +66,7 @@ class _GroupResourcesMatcher:
 
 
 class _RuleMatcher:
-    __slots__ = ("users", "groups", "verbs", "kind", "namespaces", "resources", "any_url", "urls", "url_prefixes")
+    __slots__ = ("any_url", "groups", "kind", "namespaces", "resources", "url_prefixes", "urls", "users", "verbs")
 
     _ANY, _RESOURCE, _NON_RESOURCE = 0, 1, 2
 
@@ -113,16 +113,16 @@ class CompiledPolicy:
     """An immutable, validated policy ready for evaluation. Build it with `compile_policy`."""
 
     __slots__ = (
-        "policy",
-        "decisions",
-        "no_match",
-        "labels",
-        "uses_resource_names",
+        "_groups",
+        "_names",
+        "_namespaces",
         "_rules",
         "_users",
-        "_groups",
-        "_namespaces",
-        "_names",
+        "decisions",
+        "labels",
+        "no_match",
+        "policy",
+        "uses_resource_names",
     )
 
     def __init__(self, policy: Policy) -> None:
@@ -140,7 +140,7 @@ class CompiledPolicy:
             for index, rule in enumerate(policy.rules)
         )
         self.no_match = Decision(None, NO_MATCH, RANK_NONE, policy_stages, policy.omit_managed_fields)
-        self.labels = tuple(d.label for d in self.decisions) + (NO_MATCH,)
+        self.labels = (*tuple(d.label for d in self.decisions), NO_MATCH)
         entries = [entry for rule in policy.rules for entry in rule.resources]
         self.uses_resource_names = any(entry.resource_names and entry.resources for entry in entries)
         self._users = frozenset(user for rule in policy.rules for user in rule.users)
@@ -181,7 +181,7 @@ class CompiledPolicy:
 class DecisionCache:
     """A memo of `CompiledPolicy.evaluate`, one per Transform (not shared), bounded to `max_entries` keys."""
 
-    __slots__ = ("policy", "max_entries", "_cache", "_users", "_groups", "_namespaces", "_need_name")
+    __slots__ = ("_cache", "_groups", "_namespaces", "_need_name", "_users", "max_entries", "policy")
 
     def __init__(self, policy: CompiledPolicy, max_entries: int = 8192) -> None:
         self.policy = policy

@@ -122,14 +122,9 @@ class PolicyReport:
         lines = [f"policy {self.policy_path}: {len(self.rules)} rules"]
         lines.extend(f"warning: {warning}" for warning in self.warnings)
         total = self.total()
-        lines.append(
-            f"read {len(self.logs)} log(s): {total.matched} events, {self.malformed} malformed line(s) skipped"
-        )
+        lines.append(f"read {len(self.logs)} log(s): {total.matched} events, {self.malformed} malformed line(s) skipped")
         lines.extend(f"error: {error}" for error in self.errors)
-        header = (
-            f"{'rule':<10} {'level':<16} {'matched':>9} {'kept':>9} {'dropped':>9} "
-            f"{'bytes before':>14} {'bytes after':>14} {'saved':>7}  notes"
-        )
+        header = f"{'rule':<10} {'level':<16} {'matched':>9} {'kept':>9} {'dropped':>9} {'bytes before':>14} {'bytes after':>14} {'saved':>7}  notes"
         lines += ["", header, "-" * len(header)]
         for stats in [*self.rules, self.no_match, total]:
             lines.append(self._row(stats))
@@ -139,9 +134,7 @@ class PolicyReport:
         lines.append("never matched: " + (", ".join(never) if never else "none"))
         if unreachable:
             assert self.catch_all is not None
-            lines.append(
-                f"unreachable (after the catch-all {self.rules[self.catch_all].label}): " + ", ".join(unreachable)
-            )
+            lines.append(f"unreachable (after the catch-all {self.rules[self.catch_all].label}): " + ", ".join(unreachable))
         else:
             lines.append("unreachable: none")
         return "\n".join(lines) + "\n"

@@ -55,9 +55,7 @@ class PolicyRule(msgspec.Struct, kw_only=True, frozen=True):
 
     def is_catch_all(self) -> bool:
         """True when the rule has no selector at all, so it matches every request."""
-        return not (
-            self.users or self.user_groups or self.verbs or self.resources or self.namespaces or self.non_resource_urls
-        )
+        return not (self.users or self.user_groups or self.verbs or self.resources or self.namespaces or self.non_resource_urls)
 
 
 class Policy(msgspec.Struct, kw_only=True, frozen=True):

@@ -78,11 +78,7 @@ def validate_non_resource_urls(urls: tuple[str, ...], path: str) -> list[str]:
         if not url.startswith("/"):
             problems.append(_invalid(f"{path}[{index}]", url, "non-resource URL rules must begin with a '/' character"))
         if url and "*" in url[:-1]:
-            problems.append(
-                _invalid(
-                    f"{path}[{index}]", url, "non-resource URL wildcards '*' must be the final character of the rule"
-                )
-            )
+            problems.append(_invalid(f"{path}[{index}]", url, "non-resource URL wildcards '*' must be the final character of the rule"))
     return problems
 
 
@@ -104,17 +100,9 @@ def validate_group_resources(entry: GroupResources, path: str) -> list[str]:
     if messages:
         problems.append(_invalid(f"{path}.group", entry.group, ",".join(messages)))
     if entry.resource_names and not entry.resources:
-        problems.append(
-            _invalid(
-                f"{path}.resourceNames", entry.resource_names, "using resourceNames requires at least one resource"
-            )
-        )
+        problems.append(_invalid(f"{path}.resourceNames", entry.resource_names, "using resourceNames requires at least one resource"))
     return problems
 
 
 def validate_omit_stages(stages: tuple[str, ...], path: str) -> list[str]:
-    return [
-        _invalid(f"{path}[{index}]", stage, "allowed stages are " + ",".join(STAGES))
-        for index, stage in enumerate(stages)
-        if stage not in STAGES
-    ]
+    return [_invalid(f"{path}[{index}]", stage, "allowed stages are " + ",".join(STAGES)) for index, stage in enumerate(stages) if stage not in STAGES]

@@ -89,7 +89,9 @@ class FileSink:
                     fh.truncate(keep)
                     os.fsync(fh.fileno())
                 self.cut_bytes += size - keep
-                log.warning("cut a torn tail from an unfinished output file", extra={"sink": self.name, "file": str(tmp), "kept_bytes": keep, "cut_bytes": size - keep})
+                log.warning(
+                    "cut a torn tail from an unfinished output file", extra={"sink": self.name, "file": str(tmp), "kept_bytes": keep, "cut_bytes": size - keep}
+                )
             if keep == 0:
                 tmp.unlink()
             else:

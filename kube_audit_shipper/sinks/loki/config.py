@@ -40,15 +40,17 @@ class LokiTlsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fi
     ca_file: Annotated[str | None, msgspec.Meta(description="PEM CA bundle the server certificate is checked against; absent: the system CAs")] = None
     cert_file: Annotated[str | None, msgspec.Meta(description="PEM client certificate (mutual TLS); needs key_file")] = None
     key_file: Annotated[str | None, msgspec.Meta(description="PEM private key of cert_file")] = None
-    insecure_skip_verify: Annotated[bool, msgspec.Meta(description="do not check the server certificate (tests only: anyone can read and forge the traffic)")] = False
+    insecure_skip_verify: Annotated[
+        bool, msgspec.Meta(description="do not check the server certificate (tests only: anyone can read and forge the traffic)")
+    ] = False
 
 
 class LokiSinkConfig(SinkConfigBase, tag="loki", kw_only=True, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, msgspec.Meta(min_length=1, description="base URL, e.g. http://127.0.0.1:3100 (the push path /loki/api/v1/push is added)")]
     tenant_id: Annotated[str, msgspec.Meta(description="X-Scope-OrgID; empty: no header")] = ""
-    labels: Annotated[
-        dict[str, str], msgspec.Meta(description="fixed stream labels; few and constant (job, cluster, ...)")
-    ] = msgspec.field(default_factory=lambda: {"job": "kube-audit"})
+    labels: Annotated[dict[str, str], msgspec.Meta(description="fixed stream labels; few and constant (job, cluster, ...)")] = msgspec.field(
+        default_factory=lambda: {"job": "kube-audit"}
+    )
     node_label: Annotated[str, msgspec.Meta(description='label holding the node name; "" leaves it out')] = "node"
     label_fields: Annotated[
         list[str],
@@ -78,7 +80,10 @@ class LokiSinkConfig(SinkConfigBase, tag="loki", kw_only=True, frozen=True, forb
     bearer_token: Annotated[str | None, msgspec.Meta(description="Authorization: Bearer token; use ${VAR} or ${file:...}")] = None
     bearer_token_file: Annotated[str | None, msgspec.Meta(description="file holding the bearer token, read again whenever it changes (rotated tokens)")] = None
     headers: Annotated[dict[str, str], msgspec.Meta(description="extra HTTP headers sent with every push")] = msgspec.field(default_factory=dict)
-    tls: Annotated[LokiTlsConfig | None, msgspec.Meta(description="https only: CA, client certificate; the server certificate is always checked unless insecure_skip_verify")] = None
+    tls: Annotated[
+        LokiTlsConfig | None,
+        msgspec.Meta(description="https only: CA, client certificate; the server certificate is always checked unless insecure_skip_verify"),
+    ] = None
     proxy_url: Annotated[str | None, msgspec.Meta(description="HTTP(S) proxy; environment proxy variables are not used")] = None
 
     def __post_init__(self) -> None:
@@ -114,7 +119,9 @@ class LokiSinkConfig(SinkConfigBase, tag="loki", kw_only=True, frozen=True, forb
             if name not in self.label_fields:
                 problems.append(f"force_labels: {name!r} is not in label_fields")
         if len(set(names)) > self.max_label_names:
-            problems.append(f"{len(set(names))} labels (labels, node_label, label_fields) are more than Loki's limit of {self.max_label_names} (max_label_names)")
+            problems.append(
+                f"{len(set(names))} labels (labels, node_label, label_fields) are more than Loki's limit of {self.max_label_names} (max_label_names)"
+            )
         return problems
 
     def _auth_problems(self) -> list[str]:

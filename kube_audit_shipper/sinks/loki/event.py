@@ -35,7 +35,7 @@ class FieldReader:
 
     def __init__(self, paths: list[tuple[str, ...]]) -> None:
         self.paths = paths
-        tree: dict[str, Any] = {key: None for key in _TS_FIELDS}
+        tree: dict[str, Any] = dict.fromkeys(_TS_FIELDS)
         for path in paths:
             node = tree
             for key in path[:-1]:
@@ -73,8 +73,7 @@ class FieldReader:
         if text[-1:] == "Z" and text[10:11] == "T" and text[16:17] == ":" and (text[19:] == "Z" or text[19:20] == "."):
             minute = self._minutes.get(text[:16])
             sec, frac = text[17:19], text[20:-1]
-            if (minute is not None and sec.isascii() and sec.isdigit() and sec <= "60" and len(frac) <= 9
-                    and (not frac or (frac.isascii() and frac.isdigit()))):
+            if minute is not None and sec.isascii() and sec.isdigit() and sec <= "60" and len(frac) <= 9 and (not frac or (frac.isascii() and frac.isdigit())):
                 return (minute + int(sec)) * 1_000_000_000 + int(frac.ljust(9, "0") or 0)
             ns = parse_ns(text)
             if ns is not None and len(self._minutes) < 4096:

@@ -50,7 +50,7 @@ class StreamTable:
             if len(self._streams) >= _MAX_CACHED_STREAMS:  # values went wild (forced labels): start over
                 self._streams.clear()
             labels = dict(self.fixed)
-            labels.update((name, value) for name, value in zip(self.names, values) if value)
+            labels.update((name, value) for name, value in zip(self.names, values, strict=True) if value)
             stream = self._streams[values] = make_stream(labels)
         return stream
 

@@ -40,9 +40,15 @@ from kube_audit_shipper.sinks.loki.event import parse_ns
 
 _STREAM = r"'(?P<stream>\{+.*?\}+)'"
 _ENTRY_MESSAGES: list[tuple[str, re.Pattern[str]]] = [
-    ("too_old", re.compile(rf"entry for stream {_STREAM} has timestamp too old: (?P<ts>[0-9TZ:+.\-]+), oldest acceptable timestamp is: (?P<cut>[0-9TZ:+.\-]+)")),
+    (
+        "too_old",
+        re.compile(rf"entry for stream {_STREAM} has timestamp too old: (?P<ts>[0-9TZ:+.\-]+), oldest acceptable timestamp is: (?P<cut>[0-9TZ:+.\-]+)"),
+    ),
     ("too_new", re.compile(rf"entry for stream {_STREAM} has timestamp too new: (?P<ts>[0-9TZ:+.\-]+)")),
-    ("line_too_long", re.compile(rf"(?i:max entry size) '(?P<limit>\d+)' bytes exceeded for stream {_STREAM} while adding an entry with length '(?P<len>\d+)' bytes")),
+    (
+        "line_too_long",
+        re.compile(rf"(?i:max entry size) '(?P<limit>\d+)' bytes exceeded for stream {_STREAM} while adding an entry with length '(?P<len>\d+)' bytes"),
+    ),
     ("too_many_labels", re.compile(rf"entry for stream {_STREAM} has (?P<n>\d+) label names; limit (?P<limit>\d+)")),
     ("label_name_too_long", re.compile(rf"stream {_STREAM} has label name too long: ")),
     ("label_value_too_long", re.compile(rf"stream {_STREAM} has label value too long: ")),

@@ -51,7 +51,9 @@ _MAX_PARTS = 10_000
 class S3SinkConfig(SinkConfigBase, tag="s3", kw_only=True, frozen=True, forbid_unknown_fields=True):
     bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=63, description="bucket the objects are written to; must exist")]
     region: Annotated[str, msgspec.Meta(min_length=1, description="signing region (S3-compatible stores usually accept us-east-1)")] = "us-east-1"
-    endpoint: Annotated[Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None, msgspec.Meta(description="for S3-compatible stores, e.g. http://127.0.0.1:9000; null: AWS")] = None
+    endpoint: Annotated[
+        Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None, msgspec.Meta(description="for S3-compatible stores, e.g. http://127.0.0.1:9000; null: AWS")
+    ] = None
     force_path_style: Annotated[bool, msgspec.Meta(description="address the bucket in the path (endpoint/bucket/key), not as a host name")] = False
     key_template: Annotated[
         str,
@@ -65,7 +67,9 @@ class S3SinkConfig(SinkConfigBase, tag="s3", kw_only=True, frozen=True, forbid_u
     key_fields: Annotated[
         dict[str, str], msgspec.Meta(description="values for the key template's own placeholders, e.g. {cluster_id: c0123}; [A-Za-z0-9._=-]")
     ] = msgspec.field(default_factory=dict)
-    compression: Annotated[Literal["zstd", "gzip"], msgspec.Meta(description="each batch is one zstd frame / gzip member; objects decompress with zstd -d / gzip -d")] = "zstd"
+    compression: Annotated[
+        Literal["zstd", "gzip"], msgspec.Meta(description="each batch is one zstd frame / gzip member; objects decompress with zstd -d / gzip -d")
+    ] = "zstd"
     compression_level: Annotated[int, msgspec.Meta(ge=1, le=19, description="zstd 1-19, gzip 1-9")] = 3
     object_max_bytes: Annotated[int, msgspec.Meta(ge=5 << 20, description="finish an object once it holds this many compressed bytes")] = 64 << 20
     object_max_age_s: Annotated[int, msgspec.Meta(ge=1, description="finish an object this long after its first event was staged")] = 300
@@ -76,16 +80,26 @@ class S3SinkConfig(SinkConfigBase, tag="s3", kw_only=True, frozen=True, forbid_u
         Literal["md5", "crc32", "sha256"],
         msgspec.Meta(description="integrity checksum sent with every PutObject and UploadPart (md5: Content-MD5, understood by every S3 store)"),
     ] = "md5"
-    staging_max_bytes: Annotated[
-        int, msgspec.Meta(ge=16 << 20, description="disk for staged objects under <state_dir>/s3/<name>; full: the reader waits")
-    ] = 1 << 30
-    access_key_id: Annotated[Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="static credentials; null: the SDK credential chain")] = None
+    staging_max_bytes: Annotated[int, msgspec.Meta(ge=16 << 20, description="disk for staged objects under <state_dir>/s3/<name>; full: the reader waits")] = (
+        1 << 30
+    )
+    access_key_id: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="static credentials; null: the SDK credential chain")
+    ] = None
     secret_access_key: Annotated[Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="with access_key_id")] = None
-    session_token: Annotated[Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="with access_key_id, for temporary credentials")] = None
-    profile: Annotated[Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="shared config/credentials profile; null: AWS_PROFILE or default")] = None
+    session_token: Annotated[Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="with access_key_id, for temporary credentials")] = (
+        None
+    )
+    profile: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="shared config/credentials profile; null: AWS_PROFILE or default")
+    ] = None
     sse: Annotated[Literal["AES256", "aws:kms"] | None, msgspec.Meta(description="server-side encryption: AES256 (SSE-S3) or aws:kms (SSE-KMS)")] = None
-    sse_kms_key_id: Annotated[Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="KMS key id/ARN/alias for sse: aws:kms; null: the bucket's default key")] = None
-    storage_class: Annotated[Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z_]{1,31}$")] | None, msgspec.Meta(description="e.g. STANDARD_IA, GLACIER_IR; null: the bucket default")] = None
+    sse_kms_key_id: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1)] | None, msgspec.Meta(description="KMS key id/ARN/alias for sse: aws:kms; null: the bucket's default key")
+    ] = None
+    storage_class: Annotated[
+        Annotated[str, msgspec.Meta(pattern=r"^[A-Z][A-Z_]{1,31}$")] | None, msgspec.Meta(description="e.g. STANDARD_IA, GLACIER_IR; null: the bucket default")
+    ] = None
     tags: Annotated[dict[str, str], msgspec.Meta(description="object tags set on every object (at most 10)")] = msgspec.field(default_factory=dict)
     connect_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300, description="TCP/TLS connect timeout of one S3 call")] = 10.0
     read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600, description="socket read timeout of one S3 call")] = 60.0

@@ -1,12 +1,12 @@
 """What an S3 error means for an upload: retry it, wait for an operator, or start the multipart upload again.
 
-    retry     throttling (SlowDown, 503, 429), 5xx, timeouts, dropped connections, BadDigest (the body was
-              damaged on the way: sent again from the staged file), RequestTimeout, IncompleteBody
-    blocked   cannot work until someone acts: AccessDenied, NoSuchBucket, InvalidAccessKeyId,
-              SignatureDoesNotMatch, missing or unusable credentials, TLS failures, and any other 4xx
-              (a bad storage class, SSE setting or tag is a config error): retried every retry.max_ms
-    restart   NoSuchUpload: the multipart upload is gone (aborted elsewhere, expired by a lifecycle rule):
-              create a new one and send every part again
+retry     throttling (SlowDown, 503, 429), 5xx, timeouts, dropped connections, BadDigest (the body was
+          damaged on the way: sent again from the staged file), RequestTimeout, IncompleteBody
+blocked   cannot work until someone acts: AccessDenied, NoSuchBucket, InvalidAccessKeyId,
+          SignatureDoesNotMatch, missing or unusable credentials, TLS failures, and any other 4xx
+          (a bad storage class, SSE setting or tag is a config error): retried every retry.max_ms
+restart   NoSuchUpload: the multipart upload is gone (aborted elsewhere, expired by a lifecycle rule):
+          create a new one and send every part again
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ import errno
 import logging
 import zlib
 from collections.abc import Iterator
-from typing import Any
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -226,7 +226,9 @@ class S3Sink:
                 if found == "taken":  # another object holds the key: never overwrite it
                     old = obj.key
                     await asyncio.to_thread(self.staging.rekey, obj)
-                    log.warning("a staged object's key is taken in the bucket; uploading under a new key", extra={"sink": self.name, "key": old, "new_key": obj.key})
+                    log.warning(
+                        "a staged object's key is taken in the bucket; uploading under a new key", extra={"sink": self.name, "key": old, "new_key": obj.key}
+                    )
                 obj.recovered = False
                 if found == "stored":  # uploaded just before a crash, not yet removed
                     log.info("staged object already in the bucket", extra={"sink": self.name, "key": obj.key})
@@ -257,7 +259,13 @@ class S3Sink:
                     await asyncio.gather(self._task, return_exceptions=True)
                     log.error(
                         "shutdown timeout: staged objects not uploaded yet stay on disk and are uploaded at the next start",
-                        extra={"sink": self.name, "objects": self.staging.objects, "bytes": self.staging.used_bytes, "uploads": self.uploader.state, "reason": self.uploader.error},
+                        extra={
+                            "sink": self.name,
+                            "objects": self.staging.objects,
+                            "bytes": self.staging.used_bytes,
+                            "uploads": self.uploader.state,
+                            "reason": self.uploader.error,
+                        },
                     )
                 elif not self._task.cancelled() and self._task.exception() is not None:
                     log.error("s3 upload task failed", extra={"sink": self.name}, exc_info=self._task.exception())

@@ -248,7 +248,15 @@ class Staging:
         return number
 
     def _write_meta(self, obj: StagedObject) -> None:
-        meta = {"v": META_VERSION, "key": obj.key, "seq": obj.seq, "first_time": obj.first_time.isoformat(), "partition": obj.partition, "values": obj.values, "compression": self.codec}
+        meta = {
+            "v": META_VERSION,
+            "key": obj.key,
+            "seq": obj.seq,
+            "first_time": obj.first_time.isoformat(),
+            "partition": obj.partition,
+            "values": obj.values,
+            "compression": self.codec,
+        }
         if obj.sealed:
             meta.update(sealed=True, size=obj.size)
         write_atomic(obj.meta, json.dumps(meta, separators=(",", ":")).encode())
@@ -328,4 +336,3 @@ class Staging:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-

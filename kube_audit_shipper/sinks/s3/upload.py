@@ -187,7 +187,10 @@ class Uploader:
             else:
                 self._set_state("retrying", f"{what}: {reason}")
                 delay = rs.next_action.sleep if rs.next_action is not None else 0.0
-                log.warning("s3 call failed; retrying", extra={"sink": self.sink_name, "call": what, "attempt": rs.attempt_number, "retry_in_s": round(delay, 3), "reason": reason})
+                log.warning(
+                    "s3 call failed; retrying",
+                    extra={"sink": self.sink_name, "call": what, "attempt": rs.attempt_number, "retry_in_s": round(delay, 3), "reason": reason},
+                )
 
         return hook
 
@@ -309,7 +312,12 @@ class Uploader:
                     if key not in staged_keys and (ours is None or not ours.fullmatch(key)):
                         continue
                     try:
-                        await self._call("AbortMultipartUpload", "abort_multipart_upload", {"Bucket": self.cfg.bucket, "Key": key, "UploadId": upload_id}, retry_blocked=False)
+                        await self._call(
+                            "AbortMultipartUpload",
+                            "abort_multipart_upload",
+                            {"Bucket": self.cfg.bucket, "Key": key, "UploadId": upload_id},
+                            retry_blocked=False,
+                        )
                     except _RestartUpload:
                         continue  # already gone
                     aborted += 1

@@ -87,7 +87,9 @@ def canonical_request_v4(method: str, resource: str, params: Mapping[str, str], 
     return f"{method}\n{resource}\n{query}\n{header_lines}\n{signed}\n{payload_sha256}", signed
 
 
-def sign_v4(secret: str, region: str, method: str, resource: str, params: Mapping[str, str], headers: Mapping[str, str], payload_sha256: str) -> tuple[str, str]:
+def sign_v4(
+    secret: str, region: str, method: str, resource: str, params: Mapping[str, str], headers: Mapping[str, str], payload_sha256: str
+) -> tuple[str, str]:
     """(scope, hex signature) for headers that already carry x-log-date and x-log-content-sha256."""
     lower = {k.lower(): v for k, v in headers.items()}
     stamp = lower["x-log-date"]
@@ -209,7 +211,9 @@ class CredentialSource:
         env = self._environ if self._environ is not None else os.environ
         key_id, secret, token = (env.get(n, "").strip() for n in self.env_names)
         if not key_id or not secret:
-            raise CredentialsError(f"no credentials: set access_key_id/access_key_secret, credentials_file, or the environment variables {self.env_names[0]} and {self.env_names[1]}")
+            raise CredentialsError(
+                f"no credentials: set access_key_id/access_key_secret, credentials_file, or the environment variables {self.env_names[0]} and {self.env_names[1]}"
+            )
         return Credentials(key_id, secret, token, "environment")
 
     def _from_file(self, path: str) -> Credentials:
@@ -230,7 +234,10 @@ class CredentialSource:
                 message = str(exc) if isinstance(exc, CredentialsError) else f"credentials_file {path}: {exc}"
                 if message != self._file_error:
                     self._file_error = message
-                    log.warning("cannot read SLS credentials; keeping the previous ones" if self._file_creds else "cannot read SLS credentials", extra={"reason": message})
+                    log.warning(
+                        "cannot read SLS credentials; keeping the previous ones" if self._file_creds else "cannot read SLS credentials",
+                        extra={"reason": message},
+                    )
                 if self._file_creds is not None:
                     return self._file_creds
                 raise CredentialsError(message) from exc

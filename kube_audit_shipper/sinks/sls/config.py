@@ -62,10 +62,14 @@ class SlsSinkConfig(SinkConfigBase, tag="sls", kw_only=True, frozen=True, forbid
     logstore: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$", description="SLS logstore, e.g. audit-<cluster-id>")]
     access_key_id: Annotated[str | None, msgspec.Meta(description="use ${VAR} or ${file:...}; absent: credentials_file, then the environment")] = None
     access_key_secret: Annotated[str | None, msgspec.Meta(description="use ${VAR} or ${file:...}")] = None
-    security_token: Annotated[str | None, msgspec.Meta(description="STS token sent as x-acs-security-token (static; use credentials_file for tokens that rotate)")] = None
+    security_token: Annotated[
+        str | None, msgspec.Meta(description="STS token sent as x-acs-security-token (static; use credentials_file for tokens that rotate)")
+    ] = None
     credentials_file: Annotated[
         str | None,
-        msgspec.Meta(description="JSON {AccessKeyId, AccessKeySecret, SecurityToken} or INI (access_key_id, access_key_secret, security_token); re-read when it changes"),
+        msgspec.Meta(
+            description="JSON {AccessKeyId, AccessKeySecret, SecurityToken} or INI (access_key_id, access_key_secret, security_token); re-read when it changes"
+        ),
     ] = None
     access_key_id_env: str = "ALIBABA_CLOUD_ACCESS_KEY_ID"
     access_key_secret_env: str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
@@ -77,16 +81,22 @@ class SlsSinkConfig(SinkConfigBase, tag="sls", kw_only=True, frozen=True, forbid
     ] = None
     compression: Literal["lz4", "zstd", "none"] = "lz4"
     topic: Annotated[str, msgspec.Meta(max_length=128, description="LogGroup Topic (__topic__)")] = ""
-    source: Annotated[Annotated[str, msgspec.Meta(max_length=128)] | None, msgspec.Meta(description="LogGroup Source (__source__); default: the node IP ($NODE_IP/$HOST_IP/$POD_IP, else resolved)")] = None
+    source: Annotated[
+        Annotated[str, msgspec.Meta(max_length=128)] | None,
+        msgspec.Meta(description="LogGroup Source (__source__); default: the node IP ($NODE_IP/$HOST_IP/$POD_IP, else resolved)"),
+    ] = None
     tags: Annotated[dict[str, str], msgspec.Meta(description="LogGroup tags (__tag__:<key>), e.g. {cluster: c0123}")] = msgspec.field(default_factory=dict)
     path_tag: Annotated[str | None, msgspec.Meta(description="__tag__:__path__; default: the first input path")] = None
     shard_hash_key: Annotated[
-        str | None, msgspec.Meta(description="route every request to the shard owning this key (/shards/route?key=): 32 hex digits as is, anything else is MD5'd")
+        str | None,
+        msgspec.Meta(description="route every request to the shard owning this key (/shards/route?key=): 32 hex digits as is, anything else is MD5'd"),
     ] = None
     max_value_bytes: Annotated[
         int, msgspec.Meta(ge=1024, le=MAX_VALUE_BYTES, description="an event with a larger field is trimmed to Metadata level and annotated")
     ] = MAX_VALUE_BYTES
-    max_request_bytes: Annotated[int, msgspec.Meta(ge=64 << 10, le=MAX_REQUEST_RAW_BYTES, description="raw (uncompressed) LogGroup bytes per PutLogs")] = MAX_REQUEST_RAW_BYTES
+    max_request_bytes: Annotated[int, msgspec.Meta(ge=64 << 10, le=MAX_REQUEST_RAW_BYTES, description="raw (uncompressed) LogGroup bytes per PutLogs")] = (
+        MAX_REQUEST_RAW_BYTES
+    )
     max_request_logs: Annotated[int, msgspec.Meta(ge=1, le=MAX_LOGS_PER_REQUEST, description="logs per PutLogs")] = MAX_LOGS_PER_REQUEST
     time_ns: Annotated[bool, msgspec.Meta(description="send Time_ns (the nanoseconds of __time__)")] = True
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600, description="one PutLogs request")] = 15.0

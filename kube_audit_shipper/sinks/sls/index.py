@@ -36,7 +36,21 @@ def _json(sub: dict[str, str]) -> dict[str, Any]:
 
 
 #: top-level text keys (all SELECT-able) and JSON keys with the sub-keys the ACK queries use
-TEXT_KEYS = ("auditID", "verb", "stage", "level", "requestURI", "userAgent", "sourceIPs", "requestReceivedTimestamp", "stageTimestamp", "kind", "apiVersion", "node", "cluster_id")
+TEXT_KEYS = (
+    "auditID",
+    "verb",
+    "stage",
+    "level",
+    "requestURI",
+    "userAgent",
+    "sourceIPs",
+    "requestReceivedTimestamp",
+    "stageTimestamp",
+    "kind",
+    "apiVersion",
+    "node",
+    "cluster_id",
+)
 BODY_KEYS = ("requestObject", "responseObject")  # searchable, not for SQL (large)
 JSON_KEYS: dict[str, dict[str, str]] = {
     "user": {"username": "text", "uid": "text", "groups": "text"},

@@ -165,7 +165,11 @@ def fit(shaped: Shaped, *, max_value: int, max_log: int, with_ns: bool, force_me
         if k == b"level":
             level = v.decode(errors="replace")
         contents.append((k, v))
-    why = f"over the SLS per-value limit of {max_value} bytes" if any(len(v) > max_value for _, v in shaped.contents) else f"too large for one SLS request ({max_log} bytes)"
+    why = (
+        f"over the SLS per-value limit of {max_value} bytes"
+        if any(len(v) > max_value for _, v in shaped.contents)
+        else f"too large for one SLS request ({max_log} bytes)"
+    )
     if force_metadata:
         why = "rejected by SLS as too large (PostBodyTooLarge)"
     parts = []
@@ -198,7 +202,7 @@ def fit(shaped: Shaped, *, max_value: int, max_log: int, with_ns: bool, force_me
 
 def _annotate(contents: list[tuple[bytes, bytes]], note: str, *, level_present: bool) -> None:
     """Set level to Metadata (when bodies were removed) and add the note to the annotations object."""
-    for i, (k, v) in enumerate(contents):
+    for i, (k, _v) in enumerate(contents):
         if k == b"level" and level_present:
             contents[i] = (k, b"Metadata")
     for i, (k, v) in enumerate(contents):

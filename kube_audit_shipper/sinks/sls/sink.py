@@ -56,7 +56,9 @@ from kube_audit_shipper.sinks.sls.shape import NotAnEvent, Shaped, fit, shape
 
 log = logging.getLogger(__name__)
 
-RETRY_CODES = frozenset({"ServerBusy", "InternalServerError", "RequestTimeout", "WriteQuotaExceed", "ShardWriteQuotaExceed", "ExceedQuota", "ServiceUnavailable"})
+RETRY_CODES = frozenset(
+    {"ServerBusy", "InternalServerError", "RequestTimeout", "WriteQuotaExceed", "ShardWriteQuotaExceed", "ExceedQuota", "ServiceUnavailable"}
+)
 CLOCK_CODES = frozenset({"RequestTimeExpired", "InvalidRequestTime"})
 AUTH_CODES = frozenset(
     {"Unauthorized", "SignatureNotMatch", "InvalidAccessKeyId", "SecurityToken.Expired", "SecurityTokenExpired", "InvalidSecurityToken", "ProjectForbidden"}
@@ -95,7 +97,9 @@ def hash_key(value: str) -> str:
 class SlsSink:
     max_concurrency: int | None = None  # SLS takes groups in any order
 
-    def __init__(self, cfg: SlsSinkConfig, *, node: str = "", state_dir: str = "", input_paths: Sequence[str] = (), environ: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cfg: SlsSinkConfig, *, node: str = "", state_dir: str = "", input_paths: Sequence[str] = (), environ: dict[str, str] | None = None
+    ) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.credentials = CredentialSource(
@@ -149,7 +153,9 @@ class SlsSink:
         cfg = self.cfg
         with_ns = cfg.time_ns
         # the largest header a group can have (the pack id grows with its sequence number): an upper bound
-        middle, tag_bytes = pb.group_header(cfg.topic, self.source, [*self._static_tags, ("__pack_id__", self._pack_prefix + "-FFFFFFFFFFFF"), *self._user_tags])
+        middle, tag_bytes = pb.group_header(
+            cfg.topic, self.source, [*self._static_tags, ("__pack_id__", self._pack_prefix + "-FFFFFFFFFFFF"), *self._user_tags]
+        )
         header_size = len(middle) + len(tag_bytes)
         max_group = cfg.max_request_bytes - header_size
         max_log = max_group - 16  # one log alone must fit, with its field header
@@ -170,9 +176,7 @@ class SlsSink:
             fitted = fit(shaped, max_value=max_value, max_log=max_log, with_ns=with_ns, force_metadata=minimal)
             if fitted is not shaped:
                 trimmed += 1
-                log.warning(
-                    "event too large for SLS: trimmed and annotated", extra={"sink": self.name, "event_index": i, "note": fitted.note}
-                )
+                log.warning("event too large for SLS: trimmed and annotated", extra={"sink": self.name, "event_index": i, "note": fitted.note})
             encoded = pb.encode_log(fitted.time_s, fitted.time_ns if with_ns else None, fitted.contents)
             add = pb.log_field_size(encoded)
             if logs and (len(logs) >= cfg.max_request_logs or size + add > max_group):
@@ -217,7 +221,9 @@ class SlsSink:
     async def send(self, request: Request) -> Reply:
         with self._lock:
             self.requests_sent += 1
-        return await self.client.request("POST", self.resource, params=self.params, body=request.payload, headers=request.headers, payload_sha256=request.meta.get("sha256"))
+        return await self.client.request(
+            "POST", self.resource, params=self.params, body=request.payload, headers=request.headers, payload_sha256=request.meta.get("sha256")
+        )
 
     def classify(self, request: Request, result: Reply | BaseException) -> Outcome:
         if isinstance(result, Reply):
@@ -304,8 +310,16 @@ class SlsSink:
         yield _one(CounterMetricFamily, p + "requests", "PutLogs requests sent", self.name, requests)
         yield _one(CounterMetricFamily, p + "events_trimmed", "Events trimmed to Metadata level (or cut) to fit SLS limits, annotated", self.name, trimmed)
         yield _one(CounterMetricFamily, p + "events_untimed", "Events with no timestamp: __time__ is the time they were sent", self.name, untimed)
-        yield _one(CounterMetricFamily, p + "credential_reloads", "Times credentials_file was re-read with new credentials", self.name, self.credentials.reloads)
-        yield _one(GaugeMetricFamily, p + "clock_offset_seconds", "Server clock minus ours, learned from RequestTimeExpired (used to sign)", self.name, self.client.clock_offset_s)
+        yield _one(
+            CounterMetricFamily, p + "credential_reloads", "Times credentials_file was re-read with new credentials", self.name, self.credentials.reloads
+        )
+        yield _one(
+            GaugeMetricFamily,
+            p + "clock_offset_seconds",
+            "Server clock minus ours, learned from RequestTimeExpired (used to sign)",
+            self.name,
+            self.client.clock_offset_s,
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -315,4 +329,3 @@ def _one(kind: Any, name: str, doc: str, sink: str, value: float) -> Any:
     fam = kind(name, doc, labels=["sink"])
     fam.add_metric([sink], value)
     return fam
-

@@ -39,6 +39,7 @@ def ticking(step: timedelta = timedelta(seconds=1), start: datetime = T0) -> Cal
     def clock() -> datetime:
         state["now"] += step
         return state["now"]
+
     return clock
 
 
@@ -92,16 +93,19 @@ def test_backup_timestamps_stay_sorted_when_the_clock_goes_back(tmp_path: Path) 
             w.write(b'{"n":%d}' % i)
             assert w.rotate() is not None
     stamps = [b.name for b in list_backups(log)]
-    assert stamps == ["audit-2026-11-22T10-00-00.000.log", "audit-2026-11-22T10-00-00.001.log",
-                      "audit-2026-11-22T10-00-00.002.log", "audit-2026-11-22T10-00-05.000.log"]
+    assert stamps == [
+        "audit-2026-11-22T10-00-00.000.log",
+        "audit-2026-11-22T10-00-00.001.log",
+        "audit-2026-11-22T10-00-00.002.log",
+        "audit-2026-11-22T10-00-05.000.log",
+    ]
     assert [read_lines(tmp_path / s) for s in stamps] == [[b'{"n":%d}' % i] for i in range(4)]
 
 
 @pytest.mark.parametrize("compress_async", [False, True])
 def test_compression_keeps_content_and_removes_the_source(tmp_path: Path, compress_async: bool) -> None:
     log = tmp_path / "audit.log"
-    ids = write_events(log, 2500, seed=3, max_bytes=250_000, compress=True, compress_async=compress_async,
-                       clock=ticking())
+    ids = write_events(log, 2500, seed=3, max_bytes=250_000, compress=True, compress_async=compress_async, clock=ticking())
     backups = list_backups(log)
     assert len(backups) >= 4 and all(b.name.endswith(".log.gz") for b in backups)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".log") and p != log]
@@ -131,11 +135,9 @@ def test_max_backups_prunes_the_oldest(tmp_path: Path) -> None:
     backups = list_backups(log)
     assert len(backups) == 2
     kept = all_ids(log)
-    assert kept == ids[len(ids) - len(kept):]  # a suffix: the newest backups survive
-    gz = write_events(tmp_path / "z.log", 3000, seed=5, max_bytes=200_000, max_backups=3, compress=True,
-                      compress_async=True, clock=ticking())
-    assert len(list_backups(tmp_path / "z.log")) == 3 and all_ids(tmp_path / "z.log") == gz[-len(all_ids(
-        tmp_path / "z.log")):]
+    assert kept == ids[len(ids) - len(kept) :]  # a suffix: the newest backups survive
+    gz = write_events(tmp_path / "z.log", 3000, seed=5, max_bytes=200_000, max_backups=3, compress=True, compress_async=True, clock=ticking())
+    assert len(list_backups(tmp_path / "z.log")) == 3 and all_ids(tmp_path / "z.log") == gz[-len(all_ids(tmp_path / "z.log")) :]
 
 
 def test_pruning_counts_a_backup_and_its_gz_once(tmp_path: Path) -> None:
@@ -148,8 +150,12 @@ def test_pruning_counts_a_backup_and_its_gz_once(tmp_path: Path) -> None:
         w.write(b"{}")
         w.rotate()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "audit-2026-11-22T09-00-02.000.log", "audit-2026-11-22T09-00-02.000.log.gz",
-        "audit-2026-11-22T10-00-00.000.log", "audit-notastamp.log", "audit.log"]
+        "audit-2026-11-22T09-00-02.000.log",
+        "audit-2026-11-22T09-00-02.000.log.gz",
+        "audit-2026-11-22T10-00-00.000.log",
+        "audit-notastamp.log",
+        "audit.log",
+    ]
 
 
 def test_first_write_appends_or_rotates_an_existing_file(tmp_path: Path) -> None:
@@ -201,15 +207,15 @@ def test_compress_file_replaces_a_partial_gz(tmp_path: Path) -> None:
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-m", "kube_audit_shipper.demo.apiserver", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "kube_audit_shipper.demo.apiserver", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 @pytest.mark.integration
 def test_cli_writes_all_events_rotates_and_prints_one_summary(tmp_path: Path) -> None:
     log = tmp_path / "audit.log"
-    proc = _cli(tmp_path, "--path", str(log), "--events", "600", "--rate", "5000", "--max-bytes", "200000",
-                "--compress", "--seed", "9")
+    proc = _cli(tmp_path, "--path", str(log), "--events", "600", "--rate", "5000", "--max-bytes", "200000", "--compress", "--seed", "9")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and err == ""
     summary = json.loads(out)

@@ -13,11 +13,41 @@ import pytest
 from kube_audit_shipper.demo.events import DEFAULT_START_TIME, AuditEventGenerator, EventMix
 
 N = 20_000
-ORDER = ["kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user", "impersonatedUser",
-         "sourceIPs", "userAgent", "objectRef", "responseStatus", "requestObject", "responseObject",
-         "requestReceivedTimestamp", "stageTimestamp", "annotations"]
-ALWAYS = {"kind", "apiVersion", "level", "auditID", "stage", "requestURI", "verb", "user", "sourceIPs", "userAgent",
-          "responseStatus", "requestReceivedTimestamp", "stageTimestamp"}
+ORDER = [
+    "kind",
+    "apiVersion",
+    "level",
+    "auditID",
+    "stage",
+    "requestURI",
+    "verb",
+    "user",
+    "impersonatedUser",
+    "sourceIPs",
+    "userAgent",
+    "objectRef",
+    "responseStatus",
+    "requestObject",
+    "responseObject",
+    "requestReceivedTimestamp",
+    "stageTimestamp",
+    "annotations",
+]
+ALWAYS = {
+    "kind",
+    "apiVersion",
+    "level",
+    "auditID",
+    "stage",
+    "requestURI",
+    "verb",
+    "user",
+    "sourceIPs",
+    "userAgent",
+    "responseStatus",
+    "requestReceivedTimestamp",
+    "stageTimestamp",
+}
 UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 MICRO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 BODY_VERBS = {"create", "update", "patch", "delete"}
@@ -92,8 +122,7 @@ def test_level_and_bodies_are_consistent(sample: list[tuple[bytes, dict]]) -> No
             assert "responseObject" not in ev
             if "requestObject" in ev:
                 assert verb in BODY_VERBS
-            elif verb in BODY_VERBS and code < 400 and ev["objectRef"].get("subresource") not in (
-                    "exec", "attach", "portforward"):
+            elif verb in BODY_VERBS and code < 400 and ev["objectRef"].get("subresource") not in ("exec", "attach", "portforward"):
                 pytest.fail(f"Request-level {verb} without its body: {line[:300]!r}")
         else:
             assert level == "RequestResponse"
@@ -115,13 +144,10 @@ def test_mix_proportions_match_a_control_plane(sample: list[tuple[bytes, dict]])
     assert 0.01 <= sum(codes[c] for c in (403, 404, 409, 429)) / N <= 0.03
     watches = [ev for ev in events if ev["verb"] == "watch"]
     assert {"ResponseStarted", "ResponseComplete"} <= {ev["stage"] for ev in watches}
-    assert sum(ev["requestURI"].startswith("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/") for ev in
-               events) > 0.2 * N
-    users = Counter(ev["user"].get("username", "").split(":")[1] if ev["user"].get("username", "").startswith(
-        "system:") else "other" for ev in events)
+    assert sum(ev["requestURI"].startswith("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/") for ev in events) > 0.2 * N
+    users = Counter(ev["user"].get("username", "").split(":")[1] if ev["user"].get("username", "").startswith("system:") else "other" for ev in events)
     assert users["node"] > users["serviceaccount"] > users["other"] > 0
-    assert all(ev["user"]["groups"] == ["system:nodes", "system:authenticated"] for ev in events
-               if ev["user"]["username"].startswith("system:node:"))
+    assert all(ev["user"]["groups"] == ["system:nodes", "system:authenticated"] for ev in events if ev["user"]["username"].startswith("system:node:"))
     assert 0 < sum("impersonatedUser" in ev for ev in events) < 0.01 * N
     first_ips = [ev["sourceIPs"][0] for ev in events]
     private = sum(ip.startswith(("10.", "172.16.", "192.168.")) for ip in first_ips)
@@ -162,12 +188,12 @@ def test_exec_events_look_like_kubectl_exec(sample: list[tuple[bytes, dict]]) ->
     assert execs
     for ev in execs:
         assert ev["verb"] in ("create", "get") and ev["responseStatus"]["code"] == 101
-        assert re.fullmatch(r"/api/v1/namespaces/[^/]+/pods/[^/]+/exec\?command=[^&]+(&command=[^&]+)*&container=.+",
-                            ev["requestURI"])
+        assert re.fullmatch(r"/api/v1/namespaces/[^/]+/pods/[^/]+/exec\?command=[^&]+(&command=[^&]+)*&container=.+", ev["requestURI"])
         assert ev["annotations"]["authorization.k8s.io/decision"] == "allow"
         assert ev["annotations"]["authorization.k8s.io/reason"].startswith("RBAC: allowed by ")
-    assert any("command=sh&command=-c&command=ls&container=" in ev["requestURI"] and ev["requestURI"].endswith(
-        "stdin=true&stdout=true&tty=true") for ev in execs)
+    assert any(
+        "command=sh&command=-c&command=ls&container=" in ev["requestURI"] and ev["requestURI"].endswith("stdin=true&stdout=true&tty=true") for ev in execs
+    )
 
 
 def test_failures_carry_the_status_the_apiserver_returns(sample: list[tuple[bytes, dict]]) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -14,8 +13,8 @@ from kube_audit_shipper.process.enrich.fields import Enricher
 from kube_audit_shipper.process.enrich.identity import effective_user, user_kind, user_named_in_reason
 from kube_audit_shipper.process.enrich.timestamps import latency_ms, parse_timestamp
 from kube_audit_shipper.process.policy.event import UserInfo, decode_event
-
 from tests.support.corpus import DATA
+
 PREFIXES = ("system:", "eks:")
 
 
@@ -147,8 +146,7 @@ def test_derived_fields_of_a_full_event():
         stageTimestamp="2024-01-01T10:00:00.250100Z",
         annotations={"authorization.k8s.io/decision": "allow", "authorization.k8s.io/reason": REASON},
         objectRef={"resource": "pods", "subresource": "exec", "namespace": "prod", "name": "web-0", "apiVersion": "v1"},
-        requestURI="/api/v1/namespaces/prod/pods/web-0/exec?command=sh&command=-c&command=cat%20%2Fetc%2Fpasswd"
-        "&container=app&stdin=true&tty=true",
+        requestURI="/api/v1/namespaces/prod/pods/web-0/exec?command=sh&command=-c&command=cat%20%2Fetc%2Fpasswd&container=app&stdin=true&tty=true",
         verb="create",
     )
     assert derive(line) == {

@@ -152,9 +152,7 @@ def test_hash_mode_without_key_is_plain_sha256():
 
 def test_v1alpha1_group_in_api_version():
     review = {"kind": "TokenReview", "spec": {"token": "eyJ"}}
-    out = redact(
-        {"objectRef": {"resource": "tokenreviews", "apiVersion": "authentication.k8s.io/v1"}, "requestObject": review}
-    )
+    out = redact({"objectRef": {"resource": "tokenreviews", "apiVersion": "authentication.k8s.io/v1"}, "requestObject": review})
     assert out["requestObject"]["spec"] == {"token": "***"}
 
 

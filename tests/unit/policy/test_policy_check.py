@@ -9,8 +9,8 @@ import textwrap
 from pathlib import Path
 
 from kube_audit_shipper.commands.policy_check import EXIT_INVALID_POLICY, EXIT_LOG_ERROR, EXIT_OK, run_policy_check
-
 from tests.support.corpus import DATA
+
 CORPUS = DATA
 
 POLICY = textwrap.dedent(
@@ -93,9 +93,7 @@ def test_json_report_counts_per_rule(tmp_path):
     total = report["total"]
     assert total["matched"] == 5 and total["events_after"] == 2
     assert total["bytes_before"] == sum(len(x) for x in LOG[:5])
-    assert total["saving_percent"] == round(
-        100 * (total["bytes_before"] - total["bytes_after"]) / total["bytes_before"], 1
-    )
+    assert total["saving_percent"] == round(100 * (total["bytes_before"] - total["bytes_after"]) / total["bytes_before"], 1)
     assert report["no_match"]["matched"] == 0
 
 

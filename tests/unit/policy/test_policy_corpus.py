@@ -14,8 +14,8 @@ from kube_audit_shipper.process.policy.load import load_policy
 from kube_audit_shipper.process.policy.match import DecisionCache
 from kube_audit_shipper.process.policy.schema import LEVEL_RANK
 from kube_audit_shipper.process.transform import Transform
-
 from tests.support.corpus import DATA
+
 POLICIES = DATA / "policies"
 EVENTS = DATA / "real-audit"
 

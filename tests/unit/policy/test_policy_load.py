@@ -87,13 +87,11 @@ INVALID_RULES = {
     ),
     "resourceNames without resources": (
         PolicyRule(level="None", resources=(GroupResources(resource_names=("leader",)),)),
-        'rules[0].resources[0].resourceNames: Invalid value: ["leader"]: '
-        "using resourceNames requires at least one resource",
+        'rules[0].resources[0].resourceNames: Invalid value: ["leader"]: using resourceNames requires at least one resource',
     ),
     "rule omitStages": (
         PolicyRule(level="None", omit_stages=("foo",)),
-        'rules[0].omitStages[0]: Invalid value: "foo": allowed stages are RequestReceived,ResponseStarted,'
-        "ResponseComplete,Panic",
+        'rules[0].omitStages[0]: Invalid value: "foo": allowed stages are RequestReceived,ResponseStarted,ResponseComplete,Panic',
     ),
 }
 
@@ -106,9 +104,7 @@ def test_invalid_rules(rule, message):
 
 def test_invalid_policy_omit_stages():
     problems = validate_policy(Policy(rules=(PolicyRule(level="Metadata"),), omit_stages=("foo",)))
-    assert problems == [
-        'omitStages[0]: Invalid value: "foo": allowed stages are RequestReceived,ResponseStarted,ResponseComplete,Panic'
-    ]
+    assert problems == ['omitStages[0]: Invalid value: "foo": allowed stages are RequestReceived,ResponseStarted,ResponseComplete,Panic']
 
 
 def test_valid_rules_followed_by_an_empty_rule_is_invalid():

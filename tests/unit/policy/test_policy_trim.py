@@ -88,10 +88,7 @@ def test_event_without_level_or_stage_keeps_them_absent():
 def test_unchanged_bodies_are_copied_byte_for_byte():
     """Bodies are never parsed when nothing looks inside: escapes and spacing survive."""
     body = '{"kind": "Secret",  "data": {"k": "caf\\u00e9"}, "n": 1.50}'
-    line = (
-        '{"kind":"Event","level":"RequestResponse","stage":"ResponseComplete","verb":"get",'
-        f'"requestObject":{body},"responseObject":{body}}}'
-    ).encode()
+    line = (f'{{"kind":"Event","level":"RequestResponse","stage":"ResponseComplete","verb":"get","requestObject":{body},"responseObject":{body}}}').encode()
     transform = Transform(compile_policy(Policy(rules=(PolicyRule(level="Request"),))))
     out = transform.apply(line)
     assert out == line.replace(b',"responseObject":' + body.encode(), b"").replace(b'"RequestResponse"', b'"Request"')
@@ -136,9 +133,7 @@ def test_omit_managed_fields_list_items_and_table_rows():
     }
     source = dict(FULL, verb="list", requestObject=listing, responseObject=table)
     _, out = trimmed(source, decision("RequestResponse", omf=True))
-    assert [item["metadata"] for item in out["requestObject"]["items"]] == [
-        {"name": n, "namespace": "d"} for n in "abc"
-    ]
+    assert [item["metadata"] for item in out["requestObject"]["items"]] == [{"name": n, "namespace": "d"} for n in "abc"]
     assert out["requestObject"]["metadata"] == {"resourceVersion": "5"}
     rows = out["responseObject"]["rows"]
     assert rows[0]["object"]["metadata"] == {"name": "a", "namespace": "d"}
@@ -193,9 +188,7 @@ json_values = st.recursive(
 bodies = st.one_of(
     json_values,
     st.builds(lambda extra: obj("x", **extra), st.dictionaries(names, json_values, max_size=2)),
-    st.builds(
-        lambda items: {"kind": "List", "items": items}, st.lists(st.builds(obj, st.text(max_size=2)), max_size=3)
-    ),
+    st.builds(lambda items: {"kind": "List", "items": items}, st.lists(st.builds(obj, st.text(max_size=2)), max_size=3)),
     st.builds(
         lambda rows: {"kind": "Table", "rows": [{"object": row} for row in rows]},
         st.lists(st.builds(obj, st.text(max_size=2)), max_size=3),

@@ -50,9 +50,7 @@ RULES = {
         resources=(GroupResources(group=RBAC, resources=("clusterroles",)),),
         namespaces=("",),
     ),
-    "anyGroupStatus": PolicyRule(
-        level="RequestResponse", verbs=("update",), resources=(GroupResources(group="*", resources=("*/status",)),)
-    ),
+    "anyGroupStatus": PolicyRule(level="RequestResponse", verbs=("update",), resources=(GroupResources(group="*", resources=("*/status",)),)),
     "getLogs": PolicyRule(level="RequestResponse", verbs=("get",), non_resource_urls=("/logs*",)),
     "getMetrics": PolicyRule(level="Request", verbs=("get",), non_resource_urls=("/metrics",)),
     "clusterRoleEdit": PolicyRule(
@@ -207,9 +205,7 @@ RR, RS, PANIC = "RequestReceived", "ResponseStarted", "Panic"
     ],
 )
 def test_union_stages(policy_stages, rule_stages, union):
-    policy = compile_policy(
-        Policy(rules=(PolicyRule(level="Metadata", omit_stages=rule_stages),), omit_stages=policy_stages)
-    )
+    policy = compile_policy(Policy(rules=(PolicyRule(level="Metadata", omit_stages=rule_stages),), omit_stages=policy_stages))
     assert policy.decisions[0].omit_stages == union
 
 

@@ -40,7 +40,12 @@ def errors(**over: Any) -> str:
 def test_the_issue_example_and_the_defaults() -> None:
     cfg = sink()
     assert (cfg.url, cfg.tenant_id, cfg.labels, cfg.label_fields, cfg.encoding) == (
-        "http://127.0.0.1:3100", "", {"job": "kube-audit", "cluster": "c0123"}, ["verb"], "protobuf")
+        "http://127.0.0.1:3100",
+        "",
+        {"job": "kube-audit", "cluster": "c0123"},
+        ["verb"],
+        "protobuf",
+    )
     assert cfg.max_request_bytes == 1 << 20 and cfg.max_line_bytes == 262144 and cfg.max_label_names == 15
     assert cfg.structured_metadata == ["auditID", "user", "namespace", "resource"] and cfg.node_label == "node"
     assert cfg.tls is None and cfg.json_compression == "gzip"

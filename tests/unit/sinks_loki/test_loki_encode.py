@@ -41,8 +41,13 @@ def decode(request: Request) -> Decoded:
         raw = bytes(cramjam.snappy.decompress_raw(request.payload))
         assert len(raw) == request.raw_bytes
         msg.ParseFromString(raw)
-        return [(labels_of(s.labels), [(e.timestamp.seconds * 10**9 + e.timestamp.nanos, e.line, {p.name: p.value for p in e.structuredMetadata})
-                                       for e in s.entries]) for s in msg.streams]
+        return [
+            (
+                labels_of(s.labels),
+                [(e.timestamp.seconds * 10**9 + e.timestamp.nanos, e.line, {p.name: p.value for p in e.structuredMetadata}) for e in s.entries],
+            )
+            for s in msg.streams
+        ]
     assert ctype == "application/json"
     raw = gzip.decompress(request.payload) if request.headers.get("Content-Encoding") == "gzip" else request.payload
     assert len(raw) == request.raw_bytes
@@ -133,16 +138,35 @@ def test_a_large_batch_is_cut_at_1_mib_by_default() -> None:
 
 def test_labels_fixed_node_fields_and_missing_fields() -> None:
     records = [
-        msgspec.json.encode({"verb": "get", "level": "Metadata", "objectRef": {"resource": "pods", "namespace": "ns1"}, "responseStatus": {"code": 200},
-                             "annotations": {"authorization.k8s.io/decision": "allow"}}),
+        msgspec.json.encode(
+            {
+                "verb": "get",
+                "level": "Metadata",
+                "objectRef": {"resource": "pods", "namespace": "ns1"},
+                "responseStatus": {"code": 200},
+                "annotations": {"authorization.k8s.io/decision": "allow"},
+            }
+        ),
         msgspec.json.encode({"verb": "list"}),
         msgspec.json.encode({"user": "not-an-object", "verb": ["odd"], "objectRef": {"resource": 7}}),
     ]
-    cfg = {"labels": {"job": "audit", "cluster": "c0123"}, "label_fields": ["verb", "level", "resource", "code", "decision", "namespace"],
-           "force_labels": ["namespace"]}
+    cfg = {
+        "labels": {"job": "audit", "cluster": "c0123"},
+        "label_fields": ["verb", "level", "resource", "code", "decision", "namespace"],
+        "force_labels": ["namespace"],
+    }
     got = by_index(make(**cfg).encode(records))
-    assert got[0][0] == {"job": "audit", "cluster": "c0123", "node": "cp-1", "verb": "get", "level": "Metadata", "resource": "pods", "code": "200",
-                         "decision": "allow", "namespace": "ns1"}
+    assert got[0][0] == {
+        "job": "audit",
+        "cluster": "c0123",
+        "node": "cp-1",
+        "verb": "get",
+        "level": "Metadata",
+        "resource": "pods",
+        "code": "200",
+        "decision": "allow",
+        "namespace": "ns1",
+    }
     assert got[1][0] == {"job": "audit", "cluster": "c0123", "node": "cp-1", "verb": "list"}
     assert got[2][0] == {"job": "audit", "cluster": "c0123", "node": "cp-1", "verb": "odd", "resource": "7"}
     assert by_index(make(node_label="").encode(records[:1]))[0][0] == {"job": "kube-audit", "verb": "get"}
@@ -185,8 +209,16 @@ def test_oversize_events_are_trimmed_to_metadata_and_annotated() -> None:
 
 
 def test_an_event_still_too_long_at_metadata_level_loses_its_big_fields() -> None:
-    record = msgspec.json.encode({"auditID": "x", "level": "RequestResponse", "requestURI": "/api/" + "u" * 40_000, "verb": "get",
-                                  "annotations": {"a": "b"}, "requestObject": {"k": "v" * 30_000}})
+    record = msgspec.json.encode(
+        {
+            "auditID": "x",
+            "level": "RequestResponse",
+            "requestURI": "/api/" + "u" * 40_000,
+            "verb": "get",
+            "annotations": {"a": "b"},
+            "requestObject": {"k": "v" * 30_000},
+        }
+    )
     (_, _, line, _) = by_index(make(max_line_bytes=16 << 10).encode([record]))[0]
     event = msgspec.json.decode(line)
     assert len(line) <= 16 << 10 and "requestURI" not in event and event["verb"] == "get" and event["annotations"]["a"] == "b"
@@ -208,8 +240,10 @@ def test_split_halves_in_timestamp_order_and_maps_indices_back() -> None:
 
 
 def test_meta_describes_each_entry_for_classify() -> None:
-    records = [msgspec.json.encode({"auditID": "a", "verb": "get", "user": {"username": "bob"}, "stageTimestamp": "2026-11-22T10:00:00.5Z"}),
-               msgspec.json.encode({"auditID": "b", "verb": "list", "stageTimestamp": "2026-11-22T10:00:00.1Z"})]
+    records = [
+        msgspec.json.encode({"auditID": "a", "verb": "get", "user": {"username": "bob"}, "stageTimestamp": "2026-11-22T10:00:00.5Z"}),
+        msgspec.json.encode({"auditID": "b", "verb": "list", "stageTimestamp": "2026-11-22T10:00:00.1Z"}),
+    ]
     (req,) = make().encode(records)
     assert req.indices == [1, 0]
     assert req.meta["ts"] == [1795341600_100000000, 1795341600_500000000]
@@ -225,11 +259,13 @@ def test_json_gzip_headers() -> None:
     assert req.headers == {"Content-Type": "application/json"} and req.payload.startswith(b'{"streams":[{"stream":{')
 
 
-
 def test_the_biggest_stream_of_a_request_goes_last() -> None:
     """Loki's ingester answers with the last stream's error only: the stream most likely to hit its rate limit is last."""
-    records = [msgspec.json.encode({"verb": verb, "auditID": f"{verb}{i}", "pad": "p" * size})
-               for verb, size, n in (("get", 10, 50), ("list", 2000, 20), ("watch", 100, 5)) for i in range(n)]
+    records = [
+        msgspec.json.encode({"verb": verb, "auditID": f"{verb}{i}", "pad": "p" * size})
+        for verb, size, n in (("get", 10, 50), ("list", 2000, 20), ("watch", 100, 5))
+        for i in range(n)
+    ]
     (req,) = make().encode(records)
     assert [s.labels["verb"] for s, _ in req.meta["streams"]] == ["watch", "get", "list"]
     assert [labels["verb"] for labels, _ in decode(req)] == ["watch", "get", "list"]

@@ -23,8 +23,7 @@ TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 def sink(labels: dict[str, str] | None = None, **kw: Any) -> LokiSink:
-    return LokiSink(LokiSinkConfig(name="loki", url="http://127.0.0.1:3100", labels=labels or OOO_LABELS, node_label="", label_fields=[], **kw),
-                    node="cp-1")
+    return LokiSink(LokiSinkConfig(name="loki", url="http://127.0.0.1:3100", labels=labels or OOO_LABELS, node_label="", label_fields=[], **kw), node="cp-1")
 
 
 def event(audit_id: str, stamp: str, **extra: Any) -> bytes:
@@ -49,9 +48,11 @@ def test_too_far_behind_rejects_exactly_that_entry_and_not_the_rest() -> None:
     s = sink()
     records = [event("fresh", "2026-11-22T10:14:55.1Z"), event("behind", "2026-11-22T08:14:55.882227707Z"), event("fresh2", "2026-11-22T10:14:56Z")]
     req = one_request(s, records)
-    body = ("entry with timestamp 2026-11-22 08:14:55.882227707 +0000 UTC ignored, reason: 'entry too far behind, entry timestamp is: "
-            "2026-11-22T08:14:55Z, oldest acceptable timestamp is: 2026-11-22T09:14:55Z',\n"
-            f"user 'fake', total ignored: 1 out of 3 for stream: {OOO_STREAM}")
+    body = (
+        "entry with timestamp 2026-11-22 08:14:55.882227707 +0000 UTC ignored, reason: 'entry too far behind, entry timestamp is: "
+        "2026-11-22T08:14:55Z, oldest acceptable timestamp is: 2026-11-22T09:14:55Z',\n"
+        f"user 'fake', total ignored: 1 out of 3 for stream: {OOO_STREAM}"
+    )
     out = s.classify(req, reply(400, body))
     assert isinstance(out, Rejected) and out.indices == [1] and out.retry_rest is False
     assert out.reason.startswith("too_far_behind: entry with timestamp 2026-11-22 08:14:55.882227707 +0000 UTC ignored")
@@ -62,8 +63,11 @@ def test_more_entries_behind_than_loki_lists_are_the_oldest() -> None:
     s = sink()
     records = [event(f"old{i}", f"2026-11-22T07:00:{i:02d}Z") for i in range(12)] + [event("new", "2026-11-22T10:00:00Z")]
     req = one_request(s, records)
-    lines = "".join(f"entry with timestamp 2026-11-22 07:00:{i:02d} +0000 UTC ignored, reason: 'entry too far behind, entry timestamp is: "
-                    f"2026-11-22T07:00:{i:02d}Z, oldest acceptable timestamp is: 2026-11-22T09:00:00Z',\n" for i in range(10))
+    lines = "".join(
+        f"entry with timestamp 2026-11-22 07:00:{i:02d} +0000 UTC ignored, reason: 'entry too far behind, entry timestamp is: "
+        f"2026-11-22T07:00:{i:02d}Z, oldest acceptable timestamp is: 2026-11-22T09:00:00Z',\n"
+        for i in range(10)
+    )
     out = s.classify(req, reply(400, lines + f"user 'fake', total ignored: 12 out of 13 for stream: {OOO_STREAM}"))
     assert isinstance(out, Rejected) and sorted(out.indices) == list(range(12))
     assert out.reasons is not None and "2 entries not listed by Loki" in out.reasons[11]
@@ -75,11 +79,13 @@ def test_too_old_too_new_line_size_grouped() -> None:
     records = [*old, event("ok", "2026-11-22T10:00:00Z"), event("new", "2026-11-22T11:14:55.5Z"), event("long", "2026-11-22T10:00:01Z", pad="x" * 300)]
     req = one_request(s, records)
     stream = '{job="edge", service_name="edge"}'
-    body = "; ".join([
-        f"2 errors like: entry for stream '{stream}' has timestamp too old: 2026-11-14T10:14:55Z, oldest acceptable timestamp is: 2026-11-15T10:14:55Z",
-        f"1 errors like: entry for stream '{stream}' has timestamp too new: 2026-11-22T11:14:55Z",
-        f"1 errors like: max entry size '262144' bytes exceeded for stream '{stream}' while adding an entry with length '{len(records[4])}' bytes",
-    ])
+    body = "; ".join(
+        [
+            f"2 errors like: entry for stream '{stream}' has timestamp too old: 2026-11-14T10:14:55Z, oldest acceptable timestamp is: 2026-11-15T10:14:55Z",
+            f"1 errors like: entry for stream '{stream}' has timestamp too new: 2026-11-22T11:14:55Z",
+            f"1 errors like: max entry size '262144' bytes exceeded for stream '{stream}' while adding an entry with length '{len(records[4])}' bytes",
+        ]
+    )
     out = s.classify(req, reply(400, body))
     assert isinstance(out, Rejected) and sorted(out.indices) == [0, 1, 3, 4] and not out.retry_rest
     assert out.reasons is not None
@@ -92,8 +98,11 @@ def test_verbatim_single_messages() -> None:
     s = sink({"job": "edge"})
     stream = '{job="edge", service_name="edge"}'
     cases = [
-        (event("a", "2026-11-14T10:14:55Z"), (f"entry for stream '{stream}' has timestamp too old: 2026-11-14T10:14:55Z, oldest acceptable timestamp is: "
-                                            "2026-11-15T10:14:55Z"), "too_old"),
+        (
+            event("a", "2026-11-14T10:14:55Z"),
+            (f"entry for stream '{stream}' has timestamp too old: 2026-11-14T10:14:55Z, oldest acceptable timestamp is: 2026-11-15T10:14:55Z"),
+            "too_old",
+        ),
         (event("a", "2026-11-22T11:14:55Z"), f"entry for stream '{stream}' has timestamp too new: 2026-11-22T11:14:55Z", "too_new"),
         (event("a", "2026-11-22T10:00:00Z"), f"entry for stream '{stream}' has 16 label names; limit 15", "too_many_labels"),
         (event("a", "2026-11-22T10:00:00Z"), f"stream '{stream}' has label value too long: 'vvvv'", "label_value_too_long"),
@@ -110,8 +119,10 @@ def test_mixed_request_rejects_only_the_bad_stream() -> None:
     s = LokiSink(LokiSinkConfig(name="loki", url="http://x:3100", labels={"job": "edge"}, node_label="", label_fields=["verb"]), node="n")
     records = [event("ok", "2026-11-22T10:00:00Z", verb="get"), event("old", "2026-11-14T10:14:55Z", verb="list")]
     req = one_request(s, records)
-    body = ("entry for stream '{job=\"edge\", service_name=\"edge\", verb=\"list\"}' has timestamp too old: 2026-11-14T10:14:55Z, "
-            "oldest acceptable timestamp is: 2026-11-15T10:14:55Z")
+    body = (
+        'entry for stream \'{job="edge", service_name="edge", verb="list"}\' has timestamp too old: 2026-11-14T10:14:55Z, '
+        "oldest acceptable timestamp is: 2026-11-15T10:14:55Z"
+    )
     out = s.classify(req, reply(400, body))
     assert isinstance(out, Rejected) and out.indices == [1] and out.retry_rest is False
 
@@ -125,10 +136,17 @@ def test_unmatchable_400_rejects_the_request_and_label_parse_errors_too() -> Non
     assert isinstance(out, Rejected) and sorted(out.indices) == [0, 1] and out.reason.startswith("bad_request:")
 
 
-@pytest.mark.parametrize("body", [
-    "snappy: corrupt input", "EOF", "mime: no media type", 'Content-Encoding "br" not supported',
-    "loghttp.PushRequest.Streams: []loghttp.LogProtoStream: Skip: do not know how to skip: 0, error found in #10 byte of ...", "",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "snappy: corrupt input",
+        "EOF",
+        "mime: no media type",
+        'Content-Encoding "br" not supported',
+        "loghttp.PushRequest.Streams: []loghttp.LogProtoStream: Skip: do not know how to skip: 0, error found in #10 byte of ...",
+        "",
+    ],
+)
 def test_a_body_loki_cannot_read_blocks(body: str) -> None:
     s = sink()
     out = s.classify(one_request(s, [event("a", "2026-11-22T10:00:00Z")]), reply(400, body))
@@ -145,8 +163,10 @@ def test_structured_metadata_disallowed_blocks() -> None:
 def test_tenant_rate_limit_retries_without_retry_after_or_splits_a_request_over_the_limit() -> None:
     s = sink()
     req = one_request(s, [event("a", "2026-11-22T10:00:00Z"), event("b", "2026-11-22T10:00:01Z")])
-    body = ("ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting to ingest '28' lines totaling '3168000' "
-            "bytes, reduce log volume or contact your Loki administrator to see if the limit can be increased")
+    body = (
+        "ingestion rate limit exceeded for user fake (limit: 4194304 bytes/sec) while attempting to ingest '28' lines totaling '3168000' "
+        "bytes, reduce log volume or contact your Loki administrator to see if the limit can be increased"
+    )
     out = s.classify(req, reply(429, body))
     assert isinstance(out, Retry) and out.after_s is None and out.reason.startswith("rate_limited: ingestion rate limit exceeded")
     over = body.replace("'3168000'", "'7168000'")
@@ -158,9 +178,11 @@ def test_tenant_rate_limit_retries_without_retry_after_or_splits_a_request_over_
 def test_per_stream_rate_limit_retries() -> None:
     s = sink()
     req = one_request(s, [event(f"e{i}", f"2026-11-22T10:00:0{i}Z") for i in range(4)])
-    entry = ("entry with timestamp 2026-11-22 10:00:00 +0000 UTC ignored, reason: 'Per stream rate limit exceeded (limit: 64KB/sec) while attempting "
-             f"to ingest for stream '{OOO_STREAM}' totaling 61441B, consider splitting a stream via additional labels or contact your Loki "
-             "administrator to see if the limit can be increased',\n")
+    entry = (
+        "entry with timestamp 2026-11-22 10:00:00 +0000 UTC ignored, reason: 'Per stream rate limit exceeded (limit: 64KB/sec) while attempting "
+        f"to ingest for stream '{OOO_STREAM}' totaling 61441B, consider splitting a stream via additional labels or contact your Loki "
+        "administrator to see if the limit can be increased',\n"
+    )
     out = s.classify(req, reply(429, entry * 4 + f"user 'fake', total ignored: 4 out of 4 for stream: {OOO_STREAM}"))
     assert isinstance(out, Retry) and out.reason.startswith("stream_rate_limited:")
     tiny = entry.replace("64KB", "100B")  # that stream's part of the request is over one second of its limit: split
@@ -188,7 +210,9 @@ def test_retry_after_forms() -> None:
     assert retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00"}) == 0.0  # no zone: read as UTC, long past
 
 
-@pytest.mark.parametrize(("status", "code"), [(401, "unauthorized"), (403, "forbidden"), (404, "not_found"), (405, "not_found"), (418, "http_418"), (501, "http_501")])
+@pytest.mark.parametrize(
+    ("status", "code"), [(401, "unauthorized"), (403, "forbidden"), (404, "not_found"), (405, "not_found"), (418, "http_418"), (501, "http_501")]
+)
 def test_access_problems_block(status: int, code: str) -> None:
     s = sink()
     out = s.classify(one_request(s, [event("a", "2026-11-22T10:00:00Z")]), reply(status, "no org id"))
@@ -213,7 +237,12 @@ def test_transport_errors() -> None:
         "token": s.classify(req, CredentialsError("cannot read bearer_token_file /t: No such file or directory")),
     }
     assert {k: (type(v).__name__, reason_code(v.reason)) for k, v in outcomes.items()} == {  # type: ignore[union-attr]
-        "tls_eof": ("Retry", "transport_error"), "connect": ("Retry", "connect_error"), "read_timeout": ("Retry", "timeout"), "overall_timeout": ("Retry", "timeout"),
-        "reset": ("Retry", "transport_error"), "tls": ("Blocked", "tls_error"), "tls_files": ("Blocked", "tls_error"),
+        "tls_eof": ("Retry", "transport_error"),
+        "connect": ("Retry", "connect_error"),
+        "read_timeout": ("Retry", "timeout"),
+        "overall_timeout": ("Retry", "timeout"),
+        "reset": ("Retry", "transport_error"),
+        "tls": ("Blocked", "tls_error"),
+        "tls_files": ("Blocked", "tls_error"),
         "token": ("Blocked", "credentials"),
     }
