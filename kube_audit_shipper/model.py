@@ -5,9 +5,53 @@ processing: `records` are the events to ship, `ends[i]` the end offset of the in
 stands for. Lines that produce no record (dropped by policy, dead-lettered, blank) are folded into
 the range of the next record, and the last record's range reaches `end`, so acknowledging every
 record of a chunk acknowledges the whole range. A chunk with no records is acknowledged at once.
+
+An Alert is what detection raises: one record, JSON-encoded as it is delivered to alert targets and
+printed by `detect --json`.
 """
 
 from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Severity = Literal["critical", "high", "medium", "low", "info"]
+SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")  # most severe first
+
+
+class AlertWindow(msgspec.Struct, kw_only=True, frozen=True):
+    """The event-time window an aggregate alert counted over (RFC 3339 UTC, and its length)."""
+
+    start: str
+    end: str
+    seconds: float
+
+
+class Alert(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    """One detection. `time` is the event time (RFC 3339 UTC) of the event that raised it (for an
+    aggregate: the event that crossed the threshold). `id` is stable for the same detection: the rule
+    plus the auditID, or plus the group and window start for an aggregate; targets deduplicate on it.
+    `fields` hold the rule's output fields (namespace, pod, command, source IP, ...); `count` and
+    `window` are set for aggregates only."""
+
+    rule: str
+    severity: Severity
+    time: str
+    summary: str
+    audit_ids: list[str]
+    fields: dict[str, Any] = {}
+    tags: list[str] = []
+    id: str = ""
+    group: str | None = None
+    count: int | None = None
+    window: AlertWindow | None = None
+    node: str | None = None
+    cluster: str | None = None
+
+
+alert_encoder = msgspec.json.Encoder()
+alert_decoder = msgspec.json.Decoder(Alert)
 
 
 class Chunk:
