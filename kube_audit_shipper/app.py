@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import logging
 import os
 import signal
@@ -195,13 +196,13 @@ class Agent:
             scfg = new_by.get(runner.name)
             if scfg is None:  # removed: checkpoints stop waiting for it once its batches in flight are done
                 self.runners.remove(runner)
-                self._spawn_retire(runner, then=lambda name=runner.name: self.ledger.remove_sink(name))  # type: ignore[union-attr]
+                self._spawn_retire(runner, then=functools.partial(self.ledger.remove_sink, runner.name))
                 changes.append(f"-{runner.name}")
             elif scfg != old_by.get(runner.name) or new.batch_for(scfg) != old.batch_for(old_by.get(runner.name)):
                 # changed: a new runner takes the chunks from now on; the old one finishes what it has
                 fresh = self._make_runner(build_sink(scfg, node=new.node, state_dir=new.state_dir, input_paths=new.input.paths), scfg, new, open_spool=False)
                 self.runners[self.runners.index(runner)] = fresh
-                self._spawn_retire(runner, then=lambda fresh=fresh, scfg=scfg: self._open_spool_and_start(fresh, scfg, new), replaced=True)
+                self._spawn_retire(runner, then=functools.partial(self._open_spool_and_start, fresh, scfg, new), replaced=True)
                 changes.append(f"~{runner.name}")
         for name, scfg in new_by.items():
             if name not in old_by:  # added: it gets the events read from now on
@@ -221,13 +222,14 @@ class Agent:
             self._start_runner(runner)
 
     def _make_runner(self, sink: Any, scfg: Any, cfg: Config, *, open_spool: bool) -> SinkRunner:
+        assert self.ledger is not None and self.deadletter is not None
         runner = SinkRunner(
             sink,
             batch=cfg.batch_for(scfg) if scfg is not None else cfg.batch,
             retry=scfg.retry if scfg is not None else RetryConfig(),
             concurrency=scfg.concurrency if scfg is not None else 1,
             ledger=self.ledger,
-            deadletter=self.deadletter,  # type: ignore[arg-type]
+            deadletter=self.deadletter,
             metrics=self.metrics,
             path_of=self._path_of,
         )
@@ -384,7 +386,8 @@ class Agent:
                 self.notifier.status(self.status_line())
             if on_ready is not None:
                 on_ready(self)
-            await asyncio.wait([tail_task, self._failure], return_when=asyncio.FIRST_COMPLETED)
+            first: list[asyncio.Future[Any]] = [tail_task, self._failure]
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
             if self._failure.done():
                 raise self._failure.result()
             tail_task.result()

@@ -33,7 +33,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     enrich: EnrichConfig = msgspec.field(default_factory=EnrichConfig)
     batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
-    sinks: Annotated[list[SinkConfig], msgspec.Meta(min_length=1, description="where events go; every sink gets every event")]  # type: ignore[valid-type]
+    sinks: Annotated[list[SinkConfig], msgspec.Meta(min_length=1, description="where events go; every sink gets every event")]
     checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
     deadletter: DeadLetterConfig = msgspec.field(default_factory=DeadLetterConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
@@ -65,6 +65,7 @@ def _duplicate_sink_names(sinks: Any) -> list[str]:
 
 def parse(data: Any, *, env: dict[str, str] | None = None, source: str | None = None) -> Config:
     data, errors = substitute(data, env)
+    config: Config
     config, conv_errors = convert_all(data, Config)
     errors += conv_errors
     errors += _duplicate_sink_names(data.get("sinks") if isinstance(data, dict) else None)

@@ -104,7 +104,7 @@ def _struct_tag_field(cls: type) -> str | None:
 
 def _tagged_union(data: Any, members: list[type], path: str, errors: list[str]) -> Any:
     tag_field = _struct_tag_field(members[0])
-    by_tag = {m.__struct_config__.tag: m for m in members}
+    by_tag = {m.__struct_config__.tag: m for m in members}  # type: ignore[attr-defined]
     if not isinstance(data, dict):
         errors.append(f"{path}: expected mapping, got {_got(data)}")
         return _MISSING

@@ -392,12 +392,12 @@ class Spool:
         act = self._active
         reclaimable = act is not None and act.seqs and act.done  # the active segment, were it rolled away
         for force in (False, True) if reclaimable else (False,):
-            used, rolls = self._live_bytes(), []
+            used, rolls = self._live_bytes(), list[bool]()
             cur = None if act is None else act.size
-            fresh, reclaim = act is None or not act.seqs, act.size if reclaimable else 0
+            fresh, reclaim = act is None or not act.seqs, act.size if reclaimable and act is not None else 0
             for size in sizes:
                 roll = cur is None or (force and not rolls) or (not fresh and cur + size > self.segment_bytes)
-                if roll:
+                if roll or cur is None:
                     used, cur = used + SEGMENT_HEADER_SIZE - reclaim, SEGMENT_HEADER_SIZE
                 used, cur, fresh, reclaim = used + size, cur + size, False, 0
                 rolls.append(roll)

@@ -299,7 +299,7 @@ class RotatingAuditWriter:
         remove: list[Path] = []
         if 0 < self.max_backups < len(backups):
             preserved: set[str] = set()
-            remaining = []
+            remaining: list[Path] = []
             for b in backups:
                 preserved.add(b.name.removesuffix(".gz"))
                 (remove if len(preserved) > self.max_backups else remaining).append(b)

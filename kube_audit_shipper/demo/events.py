@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import quote
 
 import msgspec
@@ -225,7 +226,7 @@ class _Req:
 
     def __init__(
         self,
-        actor: tuple,
+        actor: tuple[Any, ...],
         verb: str,
         group: str,
         resource: str,
@@ -233,20 +234,21 @@ class _Req:
         name: str = "",
         sub: str = "",
         query: str = "",
-        req: object = None,
-        resp: object = None,
+        req: Any = None,
+        resp: Any = None,
     ) -> None:
         self.actor, self.verb, self.group, self.resource, self.ns, self.name = actor, verb, group, resource, ns, name
         self.version, self.sub, self.query, self.req, self.resp = "v1", sub, query, req, resp
-        self.stage, self.latency, self.uid, self.code, self.status = "ResponseComplete", 0, "", _CODES[verb][0], None
+        self.stage, self.latency, self.uid, self.code = "ResponseComplete", 0, "", _CODES[verb][0]
+        self.status: dict[str, Any] | None = None
 
 
 _EXEC = (("sh", "-c", "ls"), ("/bin/bash",), ("sh",), ("cat", "/etc/resolv.conf"), ("env",))
 
 
-def _cumulative(pairs: object) -> tuple[list[float], list]:
+def _cumulative(pairs: Any) -> tuple[list[float], list[Any]]:
     cum, items, total = [], [], 0.0
-    for weight, item in pairs:  # type: ignore[attr-defined]
+    for weight, item in pairs:
         if weight > 0:
             total += weight
             cum.append(total)
@@ -309,9 +311,10 @@ class AuditEventGenerator:
         """The next event as one compact JSON line, without the trailing newline."""
         return self._next()[1]
 
-    def event(self) -> dict:
+    def event(self) -> dict[str, Any]:
         """The next event as a fresh dict (the decoded `line`)."""
-        return msgspec.json.decode(self._next()[1])
+        event: dict[str, Any] = msgspec.json.decode(self._next()[1])
+        return event
 
     def records(self, n: int) -> Iterator[tuple[str, bytes]]:
         """The next ``n`` events as ``(auditID, line)`` pairs."""
@@ -732,7 +735,7 @@ class AuditEventGenerator:
         r.resp = cm | {
             "metadata": cm["metadata"]
             | {
-                "managedFields": [  # type: ignore[index]
+                "managedFields": [
                     managed_field("argocd-controller", "Apply", "v1", fields_set("data>config.yaml", "metadata>labels>app"))
                     | {"time": cm["metadata"]["creationTimestamp"]},
                     managed_field("kubectl-patch", "Update", "v1", fields_set("data>LOG_LEVEL")) | {"time": self._sec(self._now)},
@@ -751,7 +754,8 @@ class AuditEventGenerator:
                 '"histogram_quantile(0.{}, '
                 'sum(rate(apiserver_request_duration_seconds_bucket{{verb=\\"{}\\"}}[5m])) by (le))"}}]}}'
             )
-            parts, total = [], 0
+            parts: list[Any] = []
+            total = 0
             while total < size:
                 parts.append(panel.format(len(parts), self._choice(_CONTROLLERS), 50 + int(self._rand() * 49), self._choice(tuple(_CODES))))
                 total += len(parts[-1]) + 1
@@ -777,8 +781,8 @@ class AuditEventGenerator:
         def sfx(n: int) -> str:
             return "".join(rng.choice(_ALPHA) for _ in range(n))
 
-        def sa(ns: str, name: str, pod: str = "", node: str = "", pod_uid: str = "") -> dict:
-            user = {
+        def sa(ns: str, name: str, pod: str = "", node: str = "", pod_uid: str = "") -> dict[str, Any]:
+            user: dict[str, Any] = {
                 "username": f"system:serviceaccount:{ns}:{name}",
                 "uid": _uuid(rng.getrandbits(128)),
                 "groups": ["system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"],
@@ -796,10 +800,10 @@ class AuditEventGenerator:
                 }
             return user
 
-        def actor(key: str, user: dict, ip: str, ua: str, binding: str, role: str, subject: str) -> None:
+        def actor(key: str, user: dict[str, Any], ip: str, ua: str, binding: str, role: str, subject: str) -> None:
             self._actors.setdefault(key, []).append((user, None, [ip], ua, _RBAC.format(binding, role, subject)))
 
-        self._actors: dict[str, list[tuple]] = {}
+        self._actors: dict[str, list[tuple[Any, ...]]] = {}
         self._pods: list[_Pod] = []
         self._by_ns: dict[str, list[_Pod]] = {}
         self._tpl: list[dict[str, _Tpl]] = []
@@ -924,13 +928,13 @@ class AuditEventGenerator:
             )
 
     # ---- helpers -------------------------------------------------------------------------------------------------
-    def _actor(self, name: str, p: _Pod) -> tuple:
+    def _actor(self, name: str, p: _Pod) -> tuple[Any, ...]:
         if name == "human":
             return self._human(p)
         pool = self._actors[name]
         return pool[p.node] if name in ("kubelet", "kube-proxy") else self._choice(pool)
 
-    def _human(self, p: _Pod, *, ci: bool = False) -> tuple:
+    def _human(self, p: _Pod, *, ci: bool = False) -> tuple[Any, ...]:
         """A person (kubectl) or the CI deployer (Helm): private or public source, people sometimes impersonating."""
         rnd, mix = self._rand, self.mix
         user, ua, reason = self._ci if ci else self._choice(self._humans)
@@ -945,10 +949,10 @@ class AuditEventGenerator:
             imp, user = {"username": user["username"], "groups": user["groups"]}, self._humans[0][0]
         return user, imp, ips, ua, reason
 
-    def _choice(self, seq: tuple | list):
+    def _choice(self, seq: tuple[Any, ...] | list[Any]) -> Any:
         return seq[int(self._rand() * len(seq))]
 
-    def _pick(self, table: tuple[list[float], list]):
+    def _pick(self, table: tuple[list[float], list[Any]]) -> Any:
         cum, items = table
         return items[bisect.bisect_right(cum, self._rand() * cum[-1])]
 

@@ -7,6 +7,8 @@ string, ``"##k##"`` for a whole value) that `kube_audit_shipper.demo.events` fil
 
 from __future__ import annotations
 
+from typing import Any
+
 POD_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")
 CONTAINER_ENV = (
     ("LOG_LEVEL", "info"),
@@ -30,29 +32,29 @@ CONTAINER_ENV = (
 CONTAINER_ENV_FIELDS = (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"), ("NODE_NAME", "spec.nodeName"), ("POD_IP", "status.podIP"))
 
 
-def fields_set(*paths: str) -> dict:
+def fields_set(*paths: str) -> dict[str, Any]:
     """A fieldsV1 set from ">"-separated paths; a nested map gets "." (owned as a whole) unless it is a list."""
-    root: dict = {}
+    root: dict[str, Any] = {}
     for path in paths:
         node = root
         for seg in path.split(">"):
             node = node.setdefault(seg if seg[:2] == "k:" else "f:" + seg, {})
 
-    def dot(node: dict, depth: int) -> dict:
+    def dot(node: dict[str, Any], depth: int) -> dict[str, Any]:
         out = {k: dot(node[k], depth + 1) for k in sorted(node)}  # structured-merge-diff writes keys sorted
         return {".": {}} | out if depth > 1 and out and not any(k[:2] == "k:" for k in out) else out
 
     return dot(root, 0)
 
 
-def managed_field(manager: str, op: str, api: str, fset: dict, sub: str = "") -> dict:
+def managed_field(manager: str, op: str, api: str, fset: dict[str, Any], sub: str = "") -> dict[str, Any]:
     entry = {"manager": manager, "operation": op, "apiVersion": api, "time": "@@ts@@", "fieldsType": "FieldsV1", "fieldsV1": fset}
     return entry | {"subresource": sub} if sub else entry
 
 
-def pod_spec(app: str, image: str, port: int, scheduled: bool) -> dict:
+def pod_spec(app: str, image: str, port: int, scheduled: bool) -> dict[str, Any]:
     """The spec of an app's pod: the app container with an Envoy sidecar, as a Helm chart would render it."""
-    env = [{"name": n, "value": v.format(app=app, port=port)} for n, v in CONTAINER_ENV]
+    env: list[dict[str, Any]] = [{"name": n, "value": v.format(app=app, port=port)} for n, v in CONTAINER_ENV]
     env += [{"name": n, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": p}}} for n, p in CONTAINER_ENV_FIELDS]
     env.append({"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": app + "-credentials", "key": "password"}}})
     probe = {
@@ -111,9 +113,9 @@ def pod_spec(app: str, image: str, port: int, scheduled: bool) -> dict:
     )
 
 
-def pod_object(app: str, image: str, port: int, *, full: bool, kind: bool = True) -> dict:
+def pod_object(app: str, image: str, port: int, *, full: bool, kind: bool = True) -> dict[str, Any]:
     """A Pod as the ReplicaSet controller sends it (``full=False``) or as stored, with status and managedFields."""
-    meta = (
+    meta: dict[str, Any] = (
         {"name": "@@name@@", "generateName": "@@rs@@-", "namespace": "@@ns@@"}
         | ({"uid": "@@uid@@", "resourceVersion": "@@rv@@", "creationTimestamp": "@@ts@@"} if full else {"creationTimestamp": None})
         | {"labels": {"app": app, "pod-template-hash": "@@hash@@"}}
@@ -208,7 +210,7 @@ def pod_object(app: str, image: str, port: int, *, full: bool, kind: bool = True
     }
 
 
-def deployment_object(app: str, image: str, port: int, replicas: int) -> dict:
+def deployment_object(app: str, image: str, port: int, replicas: int) -> dict[str, Any]:
     """A Deployment as stored: spec from Helm, a restart from kubectl, status from the controller."""
     spec = [
         f"spec>{f}"
@@ -269,7 +271,7 @@ def deployment_object(app: str, image: str, port: int, replicas: int) -> dict:
     }
 
 
-def table_row(pod_meta: dict) -> dict:
+def table_row(pod_meta: dict[str, Any]) -> dict[str, Any]:
     """One row of the ``meta.k8s.io/v1`` Table that ``kubectl get pods`` asks for."""
     return {
         "cells": ["@@name@@", "2/2", "Running", 0, "@@age@@", "@@podip@@", "@@node@@", "<none>", "<none>"],
@@ -305,5 +307,5 @@ POD_TABLE = {
 }
 
 
-def status_body(code: int, reason: str, message: str, details: dict) -> dict:
+def status_body(code: int, reason: str, message: str, details: dict[str, Any]) -> dict[str, Any]:
     return {"metadata": {}, "status": "Failure", "message": message, "reason": reason} | ({"details": details} if details else {}) | {"code": code}

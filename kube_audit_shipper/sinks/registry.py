@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
+from kube_audit_shipper.delivery.config import SinkConfigBase
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
 from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
 from kube_audit_shipper.sinks.s3.config import S3SinkConfig
@@ -23,7 +24,10 @@ SINK_IMPLEMENTATIONS: dict[str, str] = {
     "s3": "kube_audit_shipper.sinks.s3.sink:S3Sink",
 }
 
-SinkConfig = Union[tuple(SINK_CONFIGS.values())]  # type: ignore[valid-type]  # noqa: UP007  # a tagged union on `type`
+if TYPE_CHECKING:  # what every member of the union has, for the type checker
+    SinkConfig = SinkConfigBase
+else:  # a tagged union on `type`, built from the table above
+    SinkConfig = Union[tuple(SINK_CONFIGS.values())]  # noqa: UP007
 
 
 def sink_type(cfg: Any) -> str:

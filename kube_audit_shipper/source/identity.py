@@ -20,8 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol, TypeVar
 
 FP_BYTES = 1024
 GZIP_MAGIC = b"\x1f\x8b"
@@ -114,7 +115,21 @@ class FileStat:
     mtime: float
 
 
-def match_checkpoint(stat: FileStat, head: bytes, entries: list[Any], claimed: set[int]) -> tuple[object | None, bool]:
+class Checkpointed(Protocol):
+    """What matching needs of a saved checkpoint entry (checkpoint.store.Entry has it)."""
+
+    dev: int
+    ino: int
+    fp_len: int
+
+    @property
+    def fingerprint(self) -> Fingerprint: ...
+
+
+E = TypeVar("E", bound=Checkpointed)
+
+
+def match_checkpoint(stat: FileStat, head: bytes, entries: Sequence[E], claimed: set[int]) -> tuple[E | None, bool]:
     """Find the checkpoint entry for a file. Returns (entry, stale_same_inode).
 
     `entries` have attributes dev, ino and fp (a Fingerprint); `claimed` holds id()s of entries that

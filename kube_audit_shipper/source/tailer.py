@@ -160,17 +160,17 @@ class Tailer:
         # only open files are matched by inode: a closed file's inode may already belong to a new file
         tracked = {(tf.entry.dev, tf.entry.ino): tf for tf in self.files.values() if tf.fd is not None}
         for key, tf in tracked.items():
-            f = by_inode.pop(key, None)
-            if f is None:
+            seen_now = by_inode.pop(key, None)
+            if seen_now is None:
                 if tf.on_disk:
                     tf.on_disk = False
                     log.info("file gone from disk; reading the open descriptor to its end", extra={"path": tf.entry.path})
                 continue
             tf.on_disk = True
-            tf.family, tf.rank, tf.size = f.family, f.rank, f.stat.size
-            if tf.entry.path != f.path:
-                log.info("file renamed", extra={"from": tf.entry.path, "to": f.path})
-                tf.entry.path = f.path
+            tf.family, tf.rank, tf.size = seen_now.family, seen_now.rank, seen_now.stat.size
+            if tf.entry.path != seen_now.path:
+                log.info("file renamed", extra={"from": tf.entry.path, "to": seen_now.path})
+                tf.entry.path = seen_now.path
         for fid, tf in list(self.files.items()):
             if tf.fd is None and tf.entry.complete:  # nothing left to read or acknowledge
                 del self.files[fid]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -40,7 +41,7 @@ class ChangeHints(FileSystemEventHandler):
         self.wake = asyncio.Event()
         self._pending = threading.Event()
         self.rescan = False  # a file appeared, moved or went away: re-evaluate globs
-        self._observer: Observer | None = None  # type: ignore[valid-type]
+        self._observer: Any = None  # a watchdog Observer while notifications run
 
     def start(self) -> None:
         observer = Observer()

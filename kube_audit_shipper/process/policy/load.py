@@ -116,9 +116,11 @@ def parse_policy(data: bytes | str, *, source: str | None = None) -> tuple[Polic
 def _read_yaml(data: bytes | str, source: str | None, warnings: list[str]) -> Any:
     loader = _PolicyLoader(data)
     try:
-        nodes = []
+        nodes: list[yaml.Node] = []
         while loader.check_node():
-            nodes.append(loader.get_node())
+            node = loader.get_node()
+            if node is not None:
+                nodes.append(node)
         if not nodes:
             return None
         if len(nodes) > 1:

@@ -209,7 +209,8 @@ class SlsSink:
 
     def _compress(self, raw: bytes) -> bytes:
         if self.compression == "lz4":
-            return lz4.block.compress(raw, store_size=False)
+            block: bytes = lz4.block.compress(raw, store_size=False)
+            return block
         if self.compression == "zstd":
             cctx = getattr(self._zstd, "cctx", None)
             if cctx is None:
