@@ -14,9 +14,8 @@ import yaml
 
 from kube_audit_shipper.cli import main
 from tests.support.corpus import REPO, numbered_lines
-from tests.support.harness import Running, append, make_config, until
-
-pytestmark = pytest.mark.integration
+from tests.support.harness import Running, append, make_config
+from tests.support.wait import until, until_blocking
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -120,7 +119,6 @@ def test_demo_command_ships_every_event(tmp_path: Path) -> None:
 
 def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path: Path) -> None:
     import signal
-    import time
 
     log = tmp_path / "log" / "audit.log"
     append(log, numbered_lines(200))
@@ -139,9 +137,7 @@ def test_sigterm_stops_cleanly_with_a_final_checkpoint(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "kube_audit_shipper", "run", "-c", str(cfg_file)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    deadline = time.monotonic() + 30
-    while not list((tmp_path / "out").glob(".*.tmp")) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until_blocking(lambda: list((tmp_path / "out").glob(".*.tmp")), what="the agent writing its first output file")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()

@@ -10,8 +10,6 @@ import pytest
 from tests.support.corpus import REPO, corpus_lines, numbered_lines
 from tests.support.harness import append, make_config, run_once, sink_lines
 
-pytestmark = pytest.mark.integration
-
 LEVELS = {"None": 0, "Metadata": 1, "Request": 2, "RequestResponse": 3}
 
 

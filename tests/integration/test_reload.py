@@ -5,26 +5,32 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import msgspec
-import pytest
 import yaml
 
 from tests.support.corpus import REPO, numbered_lines
 from tests.support.harness import append, sink_lines
+from tests.support.wait import until_blocking
 
-pytestmark = pytest.mark.integration
+
+def _reloads(port: int, result: str) -> float:
+    """kube_audit_shipper_config_reloads_total{result=...} of the running agent; 0 while it is not serving (a restart)."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return 0.0
+    prefix = f'kube_audit_shipper_config_reloads_total{{result="{result}"}} '
+    return next((float(line[len(prefix) :]) for line in body.splitlines() if line.startswith(prefix)), 0.0)
 
 
-def _wait(pred, timeout: float = 30.0, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def _ready(port: int) -> bool:
+    try:
+        return bool(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).status == 200)
+    except OSError:
+        return False
 
 
 def _free_port() -> int:
@@ -57,21 +63,21 @@ def test_sighup_reload_applies_valid_config_and_rejects_invalid(tmp_path: Path) 
     proc = subprocess.Popen([sys.executable, "-m", "kube_audit_shipper", "run", "-c", str(cfg)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         events = lambda: [msgspec.json.decode(x) for x in sink_lines(out, include_tmp=True)]  # noqa: E731
-        _wait(lambda: len(events()) >= 100, what="first events")
+        until_blocking(lambda: len(events()) >= 100, what="first events")
 
         # 1. policy file changed: swapped in place; new events come out at the new level
         policy.write_text("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n  - level: None\n    verbs: [get]\n  - level: Metadata\n")
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        until_blocking(lambda: _reloads(port, "applied") == 1, what="the policy reload applied")
         more = numbered_lines(100, start=100)
         append(log, more)
         gets = sum(1 for x in more if msgspec.json.decode(x).get("verb") == "get")
-        _wait(lambda: len(events()) >= 200 - gets, what="events after the policy reload")
+        until_blocking(lambda: len(events()) >= 200 - gets, what="events after the policy reload")
 
         # 2. an invalid config is rejected; the old one keeps running
         cfg.write_text(yaml.safe_dump({**base, "batch": {"max_events": 0}}))
         proc.send_signal(signal.SIGHUP)
-        time.sleep(0.5)
+        until_blocking(lambda: _reloads(port, "failed") == 1, what="the invalid config rejected")
         assert proc.poll() is None
         # 3. a batching change and a new sink apply while running: nothing lost, nothing twice;
         #    the new sink gets the events read from then on
@@ -80,22 +86,22 @@ def test_sighup_reload_applies_valid_config_and_rejects_invalid(tmp_path: Path) 
             yaml.safe_dump({**base, "batch": {"max_events": 7, "max_wait_ms": 50}, "sinks": [*base["sinks"], {"name": "b", "type": "file", "path": str(out2)}]})
         )
         proc.send_signal(signal.SIGHUP)
-        _wait(lambda: out2.exists(), what="the added sink")
-        time.sleep(0.5)
+        until_blocking(lambda: out2.exists(), what="the added sink")
+        until_blocking(lambda: _reloads(port, "applied") == 2, what="the reload with a new sink applied")
         last = numbered_lines(50, start=200)
         gets += sum(1 for x in last if msgspec.json.decode(x).get("verb") == "get")  # the new policy drops them too
         append(log, last)
-        _wait(lambda: len(events()) >= 250 - gets, what="events after the reload")
+        until_blocking(lambda: len(events()) >= 250 - gets, what="events after the reload")
         last_kept = {msgspec.json.decode(x)["auditID"] for x in last if msgspec.json.decode(x).get("verb") != "get"}
-        _wait(lambda: {msgspec.json.decode(x)["auditID"] for x in sink_lines(out2, include_tmp=True)} >= last_kept, what="the added sink's events")
+        until_blocking(lambda: {msgspec.json.decode(x)["auditID"] for x in sink_lines(out2, include_tmp=True)} >= last_kept, what="the added sink's events")
         # 4. a change of state_dir-level settings restarts the pipeline from its checkpoint
         cfg.write_text(yaml.safe_dump({**base, "batch": {"max_events": 7, "max_wait_ms": 50}, "checkpoint": {"flush_interval_ms": 200}}))
         proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        until_blocking(lambda: _reloads(port, "restarted") == 1 and _ready(port), what="the pipeline restarted and ready")
         tail = numbered_lines(20, start=250)
         gets += sum(1 for x in tail if msgspec.json.decode(x).get("verb") == "get")
         append(log, tail)
-        _wait(lambda: len(events()) >= 270 - gets, what="events after the restart")
+        until_blocking(lambda: len(events()) >= 270 - gets, what="events after the restart")
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert 'kube_audit_shipper_config_reloads_total{result="applied"} 2.0' in body
         assert 'kube_audit_shipper_config_reloads_total{result="failed"} 1.0' in body
@@ -118,7 +124,8 @@ def test_apply_removes_a_sink_and_checkpoints_stop_waiting_for_it(tmp_path: Path
     from kube_audit_shipper.config import parse
     from kube_audit_shipper.sinks.file.config import FileSinkConfig
     from kube_audit_shipper.sinks.file.sink import FileSink
-    from tests.support.harness import Running, until
+    from tests.support.harness import Running
+    from tests.support.wait import until
 
     log = tmp_path / "log" / "audit.log"
     lines = numbered_lines(300)
@@ -164,7 +171,8 @@ def test_changing_a_failing_sink_restarts_the_pipeline_instead_of_stranding_its_
     from kube_audit_shipper.config import parse
     from kube_audit_shipper.sinks.file.config import FileSinkConfig
     from kube_audit_shipper.sinks.file.sink import FileSink
-    from tests.support.harness import Running, until
+    from tests.support.harness import Running
+    from tests.support.wait import until
 
     log = tmp_path / "log" / "audit.log"
     append(log, numbered_lines(100))
@@ -178,9 +186,11 @@ def test_changing_a_failing_sink_restarts_the_pipeline_instead_of_stranding_its_
         "shutdown_timeout_s": 0.3,
     }
     gate = asyncio.Event()
+    sending: list[object] = []
 
     class Down(FileSink):
         async def send(self, request):  # type: ignore[no-untyped-def]
+            sending.append(request)
             await gate.wait()
             return await super().send(request)
 
@@ -189,6 +199,8 @@ def test_changing_a_failing_sink_restarts_the_pipeline_instead_of_stranding_its_
         async with Running(cfg, sinks=[Down(FileSinkConfig(name="a", path=str(tmp_path / "out")))]) as run:
             agent = run.agent
             await until(lambda: agent.metrics_state()["events_read"] == 100, what="read")
+            # read is not yet handed to the sink: wait until the failing sink holds a batch, which the change strands
+            await until(lambda: sending, what="a batch in flight to the failing sink")
             fixed = parse({**base, "sinks": [{**base["sinks"][0], "compression": "none"}]})
             assert await agent.apply(fixed, agent.processor.transform)  # type: ignore[union-attr]
             await until(lambda: agent.stop_event.is_set(), what="a restart requested")

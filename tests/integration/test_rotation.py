@@ -12,9 +12,8 @@ import pytest
 
 from kube_audit_shipper.checkpoint.store import CheckpointStore
 from tests.support.corpus import audit_id, numbered_lines
-from tests.support.harness import Running, append, make_config, rotate, run_once, sink_lines, until
-
-pytestmark = pytest.mark.integration
+from tests.support.harness import Running, append, make_config, rotate, run_once, sink_lines
+from tests.support.wait import until
 
 
 def ids(lines: list[bytes]) -> list[str]:

@@ -16,10 +16,9 @@ import zstandard
 from kube_audit_shipper.demo.events import AuditEventGenerator
 from kube_audit_shipper.sinks.s3.sink import S3Sink
 from tests.support.corpus import audit_id, numbered_lines
-from tests.support.harness import Running, append, make_config, rotate, run_once, until
-from tests.support.s3_server import SeaweedS3, new_bucket, read_objects, s3_server_fixture  # noqa: F401 (the s3_server fixture)
-
-pytestmark = pytest.mark.integration
+from tests.support.harness import Running, append, make_config, rotate, run_once
+from tests.support.s3_server import SeaweedS3, new_bucket, read_objects
+from tests.support.wait import until
 
 KEY_RE = re.compile(r"^audit/cluster=c-e2e/dt=\d{4}-\d{2}-\d{2}/hour=\d{2}/cp-e2e-\d{8}T\d{6}Z-\d{6}-[0-9a-f]{8}\.ndjson\.zst$")
 
@@ -67,9 +66,9 @@ async def test_stop_uploads_what_is_staged(s3_server: SeaweedS3, tmp_path: Path)
     append(log, lines[:1000])
     async with Running(config(tmp_path, s3_server, bucket, object_max_age_s=3600)) as running:
         sink = running.agent.runners[0].sink
-        await until(lambda: running.agent.runners[0].shipped_events == 1000, 30, "first events staged")
+        await until(lambda: running.agent.runners[0].shipped_events == 1000, timeout_s=30, what="first events staged")
         append(log, lines[1000:])
-        await until(lambda: running.agent.runners[0].shipped_events == 2000, 30, "all events staged")
+        await until(lambda: running.agent.runners[0].shipped_events == 2000, timeout_s=30, what="all events staged")
         assert await read_objects(s3_server.endpoint, bucket) == {}  # acknowledged once staged; the object is still open
         assert sink.staged_objects == 1
         assert await running.stop() == 0  # what SIGTERM does

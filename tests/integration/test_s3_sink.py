@@ -27,7 +27,6 @@ from kube_audit_shipper.sinks.s3.config import S3SinkConfig
 from kube_audit_shipper.sinks.s3.keys import event_time
 from kube_audit_shipper.sinks.s3.sink import S3Sink
 from tests.support.corpus import REPO, audit_id, numbered_lines
-from tests.support.harness import until
 from tests.support.s3_server import (
     ADMIN,
     READER,
@@ -39,10 +38,10 @@ from tests.support.s3_server import (
     new_bucket,
     read_objects,
     s3_client,
-    s3_server_fixture,  # noqa: F401 (the s3_server fixture)
 )
+from tests.support.wait import until
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+pytestmark = pytest.mark.asyncio
 
 MiB = 1 << 20
 FAST_RETRY = {"initial_ms": 20, "max_ms": 300, "multiplier": 2.0}
@@ -161,7 +160,7 @@ async def test_blocking_errors_keep_the_data_staged_until_fixed(
     staged = sink.staged_objects
     caplog.set_level(logging.ERROR, logger="kube_audit_shipper.sinks.s3")
     closing = asyncio.ensure_future(sink.aclose())
-    await until(lambda: sink.upload_state == "blocked", 10, "blocked state")
+    await until(lambda: sink.upload_state == "blocked", timeout_s=10, what="blocked state")
     assert code in (sink.upload_error or "")
     await closing
     blocked_logs = [r for r in caplog.records if r.getMessage().startswith("s3 uploads blocked")]
@@ -212,7 +211,7 @@ async def test_an_upload_cut_midway_is_retried_and_never_visible_partially(s3_se
         sink = make_sink(s3_server, bucket, tmp_path, endpoint=proxy.endpoint, object_max_bytes=8 * MiB, part_size_bytes=5 * MiB)
         await stage(sink, lines, batch=250)
         closing = asyncio.ensure_future(sink.aclose())
-        await until(lambda: held.applied == 1, 20, "the retried upload to reach the server")
+        await until(lambda: held.applied == 1, timeout_s=20, what="the retried upload to reach the server")
         assert cut.applied == 2
         assert await read_objects(s3_server.endpoint, bucket) == {}  # nothing visible, not even part of it
         held.released.set()
@@ -247,7 +246,7 @@ async def test_staged_objects_left_by_a_crash_are_uploaded_at_start_once(s3_serv
 
     after_crash = make_sink(s3_server, bucket, tmp_path)  # built in a running loop: uploads at once, no event needed
     assert after_crash.staging.recovered_objects == 2 and after_crash.staging.cut_bytes > 0
-    await until(lambda: after_crash.staged_objects == 0, 20, "recovered objects uploaded")
+    await until(lambda: after_crash.staged_objects == 0, timeout_s=20, what="recovered objects uploaded")
     await after_crash.aclose()
     uploaded = await read_objects(s3_server.endpoint, bucket)
     assert sorted(ids(uploaded)) == sorted(audit_id(x) for x in lines)
@@ -309,7 +308,7 @@ async def test_restart_in_the_middle_of_a_multipart_upload(s3_server: SeaweedS3,
             env = {**os.environ, "PYTHONPATH": str(REPO)}
             child = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, args, cwd=REPO, env=env, stdout=log, stderr=log)
             try:
-                await until(lambda: held.applied == 1 or child.returncode is not None, 60, "the third part to be sent")
+                await until(lambda: held.applied == 1 or child.returncode is not None, timeout_s=60, what="the third part to be sent")
                 assert child.returncode is None, (tmp_path / "child.log").read_text()
             finally:
                 child.kill()  # SIGKILL: no abort, no cleanup

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +20,19 @@ from kube_audit_shipper.errors import ConfigError
 from kube_audit_shipper.sinks.sls import index as idx
 from tests.support.sls_server import Logstore, SlsTestServer
 
-pytestmark = pytest.mark.integration
-
 PROJECT, LOGSTORE = "k8s-log-c0123", "audit-c0123"
 
 
 @pytest.fixture
-def server() -> Iterator[SlsTestServer]:
-    with SlsTestServer(projects={PROJECT: []}) as srv:
-        yield srv
+def sls_server_options() -> dict[str, Any]:
+    return {"projects": {PROJECT: []}}
 
 
-def write_config(tmp_path: Path, server: SlsTestServer, **over: Any) -> Path:
+def write_config(tmp_path: Path, sls_server: SlsTestServer, **over: Any) -> Path:
     sink = {
         "name": "sls",
         "type": "sls",
-        "endpoint": server.url,
+        "endpoint": sls_server.url,
         "project": PROJECT,
         "logstore": LOGSTORE,
         "access_key_id": "${SLS_ACCESS_KEY_ID}",
@@ -62,12 +58,12 @@ def ensure(path: Path, *argv: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int
     return sls_ensure.run(args, out), out.getvalue()
 
 
-def test_creates_logstore_and_index_then_finds_them(tmp_path: Path, server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_config(tmp_path, server)
+def test_creates_logstore_and_index_then_finds_them(tmp_path: Path, sls_server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, sls_server)
     code, out = ensure(path, monkeypatch=monkeypatch)
     assert code == 0, out
     assert "logstore created (retention 30 days, 2 shards)" in out and "audit index created" in out
-    store = server.projects[PROJECT][LOGSTORE]
+    store = sls_server.projects[PROJECT][LOGSTORE]
     assert store.ttl == 30 and store.index == idx.audit_index()
     parsed = IndexConfig()
     parsed.from_json(store.index)  # the SDK reads it
@@ -81,19 +77,21 @@ def test_creates_logstore_and_index_then_finds_them(tmp_path: Path, server: SlsT
     code, out = ensure(path, monkeypatch=monkeypatch)
     assert code == 0 and "logstore exists (retention 30 days" in out and "covers every audit key" in out
     # every request was signed (the server verified it) and named the project in x-log-project
-    assert all(s.headers.get("x-log-project") == PROJECT and s.status == 200 for s in server.seen if s.code not in ("LogStoreNotExist", "IndexConfigNotExist"))
+    assert all(
+        s.headers.get("x-log-project") == PROJECT and s.status == 200 for s in sls_server.seen if s.code not in ("LogStoreNotExist", "IndexConfigNotExist")
+    )
 
 
-def test_retention_and_shards_are_configurable_and_dry_run_changes_nothing(tmp_path: Path, server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_config(tmp_path, server)
+def test_retention_and_shards_are_configurable_and_dry_run_changes_nothing(tmp_path: Path, sls_server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_config(tmp_path, sls_server)
     code, out = ensure(path, "--dry-run", monkeypatch=monkeypatch)
     assert code == 0 and "would create logstore" in out and "would create the audit index" in out
-    assert LOGSTORE not in server.projects[PROJECT]
+    assert LOGSTORE not in sls_server.projects[PROJECT]
     code, out = ensure(path, "--ttl-days", "180", "--shards", "4", monkeypatch=monkeypatch)
-    assert code == 0 and server.projects[PROJECT][LOGSTORE].ttl == 180 and server.projects[PROJECT][LOGSTORE].shard_count == 4
+    assert code == 0 and sls_server.projects[PROJECT][LOGSTORE].ttl == 180 and sls_server.projects[PROJECT][LOGSTORE].shard_count == 4
 
 
-def test_an_existing_index_is_compared_and_only_completed_on_request(tmp_path: Path, server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_existing_index_is_compared_and_only_completed_on_request(tmp_path: Path, sls_server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
     theirs = {
         "line": {"token": [","], "caseSensitive": False},
         "keys": {
@@ -110,33 +108,33 @@ def test_an_existing_index_is_compared_and_only_completed_on_request(tmp_path: P
             "custom": {"type": "long", "doc_value": True},
         },
     }
-    server.projects[PROJECT][LOGSTORE] = Logstore(LOGSTORE, ttl=90, index=json.loads(json.dumps(theirs)))
-    path = write_config(tmp_path, server)
+    sls_server.projects[PROJECT][LOGSTORE] = Logstore(LOGSTORE, ttl=90, index=json.loads(json.dumps(theirs)))
+    path = write_config(tmp_path, sls_server)
     code, out = ensure(path, monkeypatch=monkeypatch)
     assert code == 0 and "retention 90 days" in out and "lacks:" in out and "objectRef.subresource" in out and "--update-index" in out
-    assert server.projects[PROJECT][LOGSTORE].index == theirs
+    assert sls_server.projects[PROJECT][LOGSTORE].index == theirs
     code, out = ensure(path, "--update-index", monkeypatch=monkeypatch)
     assert code == 0 and "index updated, added:" in out
-    new = server.projects[PROJECT][LOGSTORE].index
+    new = sls_server.projects[PROJECT][LOGSTORE].index
     assert new["keys"]["verb"] == theirs["keys"]["verb"] and new["keys"]["custom"] == theirs["keys"]["custom"]  # kept as they were
     assert new["keys"]["objectRef"]["json_keys"]["resource"] == theirs["keys"]["objectRef"]["json_keys"]["resource"]
     assert "subresource" in new["keys"]["objectRef"]["json_keys"] and idx.missing(new) == []
 
 
-def test_errors_name_what_to_fix(tmp_path: Path, server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    code, out = ensure(write_config(tmp_path, server, project="k8s-log-nope"), monkeypatch=monkeypatch)
+def test_errors_name_what_to_fix(tmp_path: Path, sls_server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out = ensure(write_config(tmp_path, sls_server, project="k8s-log-nope"), monkeypatch=monkeypatch)
     assert code == 1 and "ProjectNotExist" in out and "create the project first" in out
-    code, out = ensure(write_config(tmp_path, server, access_key_secret="wrong-secret"), monkeypatch=monkeypatch)
+    code, out = ensure(write_config(tmp_path, sls_server, access_key_secret="wrong-secret"), monkeypatch=monkeypatch)
     assert code == 1 and "SignatureNotMatch" in out and "AKID" in out and "wrong-secret" not in out and "SECRET" not in out
     with pytest.raises(ConfigError, match="no sink of type sls named 'nope'"):
-        ensure(write_config(tmp_path, server), "--sink", "nope", monkeypatch=monkeypatch)
+        ensure(write_config(tmp_path, sls_server), "--sink", "nope", monkeypatch=monkeypatch)
 
 
-def test_clock_skew_is_corrected(tmp_path: Path, server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    server.clock_offset_s = -5000
-    code, out = ensure(write_config(tmp_path, server), monkeypatch=monkeypatch)
+def test_clock_skew_is_corrected(tmp_path: Path, sls_server: SlsTestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    sls_server.clock_offset_s = -5000
+    code, out = ensure(write_config(tmp_path, sls_server), monkeypatch=monkeypatch)
     assert code == 0, out
-    assert LOGSTORE in server.projects[PROJECT]
+    assert LOGSTORE in sls_server.projects[PROJECT]
 
 
 def test_the_issue_config_example_validates() -> None:

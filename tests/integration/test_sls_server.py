@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -19,36 +18,33 @@ from kube_audit_shipper.sinks.sls.sink import SlsSink
 from tests.support.corpus import numbered_lines
 from tests.support.sls_server import SlsTestServer
 
-pytestmark = pytest.mark.integration
-
 PROJECT, LOGSTORE = "k8s-log-c0123", "audit-c0123"
 
 
 @pytest.fixture
-def server() -> Iterator[SlsTestServer]:
-    with SlsTestServer(keys={"AKID": ("SECRET", ""), "STS.x": ("sts-secret", "sts-token")}) as srv:
-        yield srv
+def sls_server_options() -> dict[str, Any]:
+    return {"keys": {"AKID": ("SECRET", ""), "STS.x": ("sts-secret", "sts-token")}}
 
 
-def sdk(server: SlsTestServer, key: str = "AKID", secret: str = "SECRET", token: str | None = None, **kw: Any) -> LogClient:
-    client = LogClient(f"127.0.0.1:{server.port}", key, secret, securityToken=token, **kw)
+def sdk(sls_server: SlsTestServer, key: str = "AKID", secret: str = "SECRET", token: str | None = None, **kw: Any) -> LogClient:
+    client = LogClient(f"127.0.0.1:{sls_server.port}", key, secret, securityToken=token, **kw)
     client._isRowIp = True  # the SDK recognises a bare IP endpoint, not IP:port; it then sends Host: <project>.<ip:port>
     return client
 
 
-def test_the_sdk_client_is_accepted_for_putlogs_and_the_logstore_api(server: SlsTestServer) -> None:
-    for client in (sdk(server), sdk(server, "STS.x", "sts-secret", "sts-token"), sdk(server, auth_version="v4", region="cn-hangzhou")):
+def test_the_sdk_client_is_accepted_for_putlogs_and_the_logstore_api(sls_server: SlsTestServer) -> None:
+    for client in (sdk(sls_server), sdk(sls_server, "STS.x", "sts-secret", "sts-token"), sdk(sls_server, auth_version="v4", region="cn-hangzhou")):
         items = []
         for i in range(3):
             item = LogItem(timestamp=1_700_000_000 + i)
             item.set_contents([("verb", "get"), ("i", str(i))])
             items.append(item)
         client.put_logs(PutLogsRequest(PROJECT, LOGSTORE, "topic", "10.0.0.1", items, logtags=[("cluster", "c0123")]))
-    rows = server.logs(LOGSTORE)
+    rows = sls_server.logs(LOGSTORE)
     assert len(rows) == 9 and rows[0]["verb"] == "get" and rows[0]["__tag__:cluster"] == "c0123" and rows[0]["__topic__"] == "topic"
-    assert {g["compress"] for g in server.groups(LOGSTORE)} == {"lz4"}
+    assert {g["compress"] for g in sls_server.groups(LOGSTORE)} == {"lz4"}
 
-    client = sdk(server)
+    client = sdk(sls_server)
     client.create_logstore(PROJECT, "audit-new", ttl=30, shard_count=2)
     assert client.get_logstore(PROJECT, "audit-new").get_ttl() == 30
     index = IndexConfig()
@@ -68,22 +64,30 @@ def test_the_sdk_client_is_accepted_for_putlogs_and_the_logstore_api(server: Sls
         ({"key": "STS.x", "secret": "sts-secret"}, "Unauthorized"),
     ],
 )
-def test_bad_credentials_are_refused(server: SlsTestServer, client_kw: dict[str, Any], code: str) -> None:
+def test_bad_credentials_are_refused(sls_server: SlsTestServer, client_kw: dict[str, Any], code: str) -> None:
     with pytest.raises(LogException) as err:
-        sdk(server, **client_kw).get_logstore(PROJECT, LOGSTORE)
+        sdk(sls_server, **client_kw).get_logstore(PROJECT, LOGSTORE)
     assert err.value.get_error_code() == code
 
 
-def test_a_skewed_clock_is_refused_with_the_server_date(server: SlsTestServer) -> None:
-    server.clock_offset_s = 3600
+def test_a_skewed_clock_is_refused_with_the_server_date(sls_server: SlsTestServer) -> None:
+    sls_server.clock_offset_s = 3600
     with pytest.raises(LogException) as err:
-        sdk(server).get_logstore(PROJECT, LOGSTORE)
+        sdk(sls_server).get_logstore(PROJECT, LOGSTORE)
     assert err.value.get_error_code() == "RequestTimeExpired"
 
 
-def _sink(server: SlsTestServer) -> SlsSink:
+def _sink(sls_server: SlsTestServer) -> SlsSink:
     cfg = msgspec.convert(
-        {"name": "s", "type": "sls", "endpoint": server.url, "project": PROJECT, "logstore": LOGSTORE, "access_key_id": "AKID", "access_key_secret": "SECRET"},
+        {
+            "name": "s",
+            "type": "sls",
+            "endpoint": sls_server.url,
+            "project": PROJECT,
+            "logstore": LOGSTORE,
+            "access_key_id": "AKID",
+            "access_key_secret": "SECRET",
+        },
         SlsSinkConfig,
     )
     return SlsSink(cfg, node="n")
@@ -99,19 +103,19 @@ def _sink(server: SlsTestServer) -> SlsSink:
         (lambda r: r.headers.update({"x-log-compresstype": "snappy"}), "InvalidCompressType"),
     ],
 )
-async def test_tampered_requests_are_refused(server: SlsTestServer, tamper: Any, code: str) -> None:
-    sink = _sink(server)
+async def test_tampered_requests_are_refused(sls_server: SlsTestServer, tamper: Any, code: str) -> None:
+    sink = _sink(sls_server)
     (req,) = sink.encode(numbered_lines(3))
     tamper(req)
     reply = await sink.send(req)
     await sink.aclose()
     assert json.loads(reply.body)["errorCode"] == code
-    assert server.logs(LOGSTORE) == []
+    assert sls_server.logs(LOGSTORE) == []
 
 
 @pytest.mark.asyncio
-async def test_a_signed_header_changed_after_signing_is_refused(server: SlsTestServer) -> None:
-    sink = _sink(server)
+async def test_a_signed_header_changed_after_signing_is_refused(sls_server: SlsTestServer) -> None:
+    sink = _sink(sls_server)
     (req,) = sink.encode(numbered_lines(2))
     orig = sink.client.sign
 
@@ -126,12 +130,12 @@ async def test_a_signed_header_changed_after_signing_is_refused(server: SlsTestS
 
 
 @pytest.mark.asyncio
-async def test_oversize_groups_and_values_are_refused(server: SlsTestServer) -> None:
-    server.max_logs = 10
-    sink = _sink(server)
+async def test_oversize_groups_and_values_are_refused(sls_server: SlsTestServer) -> None:
+    sls_server.max_logs = 10
+    sink = _sink(sls_server)
     (req,) = sink.encode(numbered_lines(11))
     assert json.loads((await sink.send(req)).body)["errorCode"] == "PostBodyTooLarge"
-    server.max_logs, server.max_value_bytes = 4096, 64
+    sls_server.max_logs, sls_server.max_value_bytes = 4096, 64
     (req,) = sink.encode(numbered_lines(1))
     assert "value of key" in json.loads((await sink.send(req)).body)["errorMessage"]
     await sink.aclose()

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,32 +25,18 @@ from kube_audit_shipper.sinks.sls.shape import TRUNCATED_ANNOTATION, parse_time
 from kube_audit_shipper.sinks.sls.sink import SlsSink
 from tests.support.corpus import corpus_lines, numbered_lines
 from tests.support.sls_server import SlsTestServer
-
-pytestmark = pytest.mark.integration
+from tests.support.wait import until
 
 PROJECT, LOGSTORE = "k8s-log-c0123", "audit-c0123"
 FAST = RetryConfig(initial_ms=1, max_ms=20)
 BATCH = BatchConfig(max_events=4096, max_bytes=4 << 20, max_wait_ms=3_600_000)
 
 
-@pytest.fixture
-def server() -> Iterator[SlsTestServer]:
-    with SlsTestServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def dl(tmp_path: Path) -> Iterator[DeadLetterStore]:
-    store = DeadLetterStore(tmp_path / "state", max_bytes=64 << 20, max_event_bytes=16 << 20)
-    yield store
-    store.close()
-
-
-def make_sink(server: SlsTestServer | None, **over: Any) -> SlsSink:
+def make_sink(sls_server: SlsTestServer | None, **over: Any) -> SlsSink:
     spec: dict[str, Any] = {
         "name": "sls",
         "type": "sls",
-        "endpoint": over.pop("endpoint", None) or (server.url if server is not None else ""),
+        "endpoint": over.pop("endpoint", None) or (sls_server.url if sls_server is not None else ""),
         "project": PROJECT,
         "logstore": LOGSTORE,
         "access_key_id": "AKID",
@@ -106,14 +91,6 @@ class Run:
     def dead(self) -> list[dict[str, Any]]:
         self.dl.sync()
         return list(self.dl.iter_records())
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 # -- SLS query semantics over the stored logs (what the ACK dashboards and alerts rely on) -----------------
@@ -193,13 +170,13 @@ def expected_exec_alert_rows(events: list[dict[str, Any]]) -> set[tuple[Any, ...
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("signature_version", ["v1", "v4"])
-async def test_ack_exec_alert_and_field_queries_over_the_real_corpus(server: SlsTestServer, dl: DeadLetterStore, signature_version: str) -> None:
+async def test_ack_exec_alert_and_field_queries_over_the_real_corpus(sls_server: SlsTestServer, dl: DeadLetterStore, signature_version: str) -> None:
     lines = list(corpus_lines())
     events = [json.loads(line) for line in lines]
-    run = Run(make_sink(server, signature_version=signature_version, region="cn-hangzhou"), dl)
+    run = Run(make_sink(sls_server, signature_version=signature_version, region="cn-hangzhou"), dl)
     await run(lines)
     assert run.ledger.offset(1) == run.end and run.dead() == []
-    rows = server.logs(LOGSTORE, PROJECT)
+    rows = sls_server.logs(LOGSTORE, PROJECT)
     assert len(rows) == len(events)
 
     # the ACK exec alert finds exactly the exec sessions, with the fields it SELECTs
@@ -238,17 +215,17 @@ async def test_ack_exec_alert_and_field_queries_over_the_real_corpus(server: Sls
         assert r["__source__"] and r["__tag__:__hostname__"] == "cp-1" and r["__tag__:cluster"] == "c0123"
         assert r["__tag__:__path__"] == "/var/log/kubernetes/audit/audit.log" and r["__tag__:__pack_id__"]
     # private endpoint: the project travels in x-log-project; Host is <project>.<ip:port> as Logtail sends it
-    put = server.putlogs()[0]
+    put = sls_server.putlogs()[0]
     assert put.headers.get("x-log-project") == PROJECT and put.headers.get("Host", "").startswith(PROJECT + ".127.0.0.1:")
 
 
 @pytest.mark.asyncio
-async def test_enrichment_fields_are_contents_and_derived_is_a_json_field(server: SlsTestServer, dl: DeadLetterStore) -> None:
+async def test_enrichment_fields_are_contents_and_derived_is_a_json_field(sls_server: SlsTestServer, dl: DeadLetterStore) -> None:
     event = json.loads(numbered_lines(1)[0])
     event.update(cluster_id="c0123", node="cp-1", derived={"user_kind": "human", "source_ip": "1.2.3.4", "latency_ms": 12.5})
-    run = Run(make_sink(server), dl)
+    run = Run(make_sink(sls_server), dl)
     await run([json.dumps(event).encode()])
-    (row,) = server.logs(LOGSTORE)
+    (row,) = sls_server.logs(LOGSTORE)
     assert row["cluster_id"] == "c0123" and row["node"] == "cp-1"
     assert field(row, "derived.user_kind") == "human" and field(row, "derived.latency_ms") == 12.5
 
@@ -260,28 +237,28 @@ async def test_enrichment_fields_are_contents_and_derived_is_a_json_field(server
 @pytest.mark.parametrize("signature_version", ["v1", "v4"])
 @pytest.mark.parametrize("skew", [3600.0, -7200.0])
 async def test_clock_skew_is_corrected_from_the_server_date_and_retried(
-    server: SlsTestServer, dl: DeadLetterStore, signature_version: str, skew: float
+    sls_server: SlsTestServer, dl: DeadLetterStore, signature_version: str, skew: float
 ) -> None:
-    server.clock_offset_s = skew
-    sink = make_sink(server, signature_version=signature_version, region="cn-hangzhou")
+    sls_server.clock_offset_s = skew
+    sink = make_sink(sls_server, signature_version=signature_version, region="cn-hangzhou")
     run = Run(sink, dl)
     await run(numbered_lines(50))
-    assert [s.code or s.status for s in server.putlogs()] == ["RequestTimeExpired", 200]
+    assert [s.code or s.status for s in sls_server.putlogs()] == ["RequestTimeExpired", 200]
     assert abs(sink.client.clock_offset_s - skew) < 3
-    assert run.ledger.offset(1) == run.end and len(server.logs(LOGSTORE)) == 50
+    assert run.ledger.offset(1) == run.end and len(sls_server.logs(LOGSTORE)) == 50
     assert sink.error_codes["RequestTimeExpired"] == 1 and sink.clock_adjustments == 1
 
 
 @pytest.mark.asyncio
-async def test_quota_storm_is_retried_until_everything_is_in_exactly_once(server: SlsTestServer, dl: DeadLetterStore) -> None:
+async def test_quota_storm_is_retried_until_everything_is_in_exactly_once(sls_server: SlsTestServer, dl: DeadLetterStore) -> None:
     for code, n in [("WriteQuotaExceed", 15), ("ShardWriteQuotaExceed", 15), ("ServerBusy", 5), ("InternalServerError", 5)]:
-        server.inject(code, n)
-    sink = make_sink(server, concurrency=4)
+        sls_server.inject(code, n)
+    sink = make_sink(sls_server, concurrency=4)
     lines = numbered_lines(3000)
     run = Run(sink, dl, batch=BatchConfig(max_events=100, max_bytes=4 << 20, max_wait_ms=3_600_000), concurrency=4)
     await run(lines)
-    assert server.pending_injections() == 0
-    stored = [r["auditID"] for r in server.logs(LOGSTORE)]
+    assert sls_server.pending_injections() == 0
+    stored = [r["auditID"] for r in sls_server.logs(LOGSTORE)]
     assert sorted(stored) == sorted(json.loads(x)["auditID"] for x in lines)  # no loss, no duplicate
     assert run.ledger.offset(1) == run.end and run.dead() == []
     assert sink.error_codes["WriteQuotaExceed"] == 15 and sink.error_codes["ShardWriteQuotaExceed"] == 15
@@ -292,9 +269,9 @@ async def test_quota_storm_is_retried_until_everything_is_in_exactly_once(server
 
 @pytest.mark.asyncio
 async def test_network_errors_are_retried(dl: DeadLetterStore) -> None:
-    server = SlsTestServer().start()
-    port = server.port
-    server.stop()  # nothing listens there for now
+    sls_server = SlsTestServer().start()
+    port = sls_server.port
+    sls_server.stop()  # nothing listens there for now
     sink = make_sink(None, endpoint=f"http://127.0.0.1:{port}")
     run = Run(sink, dl)
     run.start(numbered_lines(10))
@@ -318,24 +295,24 @@ def _write_creds(path: Path, key: str, secret: str, token: str) -> None:
 async def test_sts_credential_rotation_without_restart(tmp_path: Path, dl: DeadLetterStore, caplog: pytest.LogCaptureFixture) -> None:
     creds = tmp_path / "sts.json"
     _write_creds(creds, "STS.one", "secret-one", "token-one")
-    with SlsTestServer(keys={"STS.one": ("secret-one", "token-one")}) as server:
-        sink = make_sink(server, access_key_id=None, access_key_secret=None, credentials_file=str(creds))
+    with SlsTestServer(keys={"STS.one": ("secret-one", "token-one")}) as sls_server:
+        sink = make_sink(sls_server, access_key_id=None, access_key_secret=None, credentials_file=str(creds))
         first, rest = numbered_lines(20), numbered_lines(40, start=20)
         await Run(sink, dl)(first)
-        assert len(server.logs(LOGSTORE)) == 20
+        assert len(sls_server.logs(LOGSTORE)) == 20
         # the token is renewed on the server (the old one revoked) before the file is rewritten
-        server.rotate_key("STS.one", "STS.one", "secret-one", "token-two")
+        sls_server.rotate_key("STS.one", "STS.one", "secret-one", "token-two")
         run = Run(sink, dl, retry=RetryConfig(initial_ms=1, max_ms=50), batch=BatchConfig(max_events=20, max_bytes=4 << 20, max_wait_ms=3_600_000))
         run.start(rest)
         with caplog.at_level(logging.ERROR):
             await until(lambda: sink.error_codes["Unauthorized"] >= 1, what="the stale token refused")
             await until(lambda: run.runner.state == "blocked", what="blocked")
             # a new key pair too
-            server.rotate_key("STS.one", "STS.two", "secret-two", "token-two")
+            sls_server.rotate_key("STS.one", "STS.two", "secret-two", "token-two")
             _write_creds(creds, "STS.two", "secret-two", "token-two")
             await run.wait()
         assert run.ledger.offset(1) == run.end and run.dead() == []
-        assert sorted(r["auditID"] for r in server.logs(LOGSTORE)) == sorted(json.loads(x)["auditID"] for x in first + rest)
+        assert sorted(r["auditID"] for r in sls_server.logs(LOGSTORE)) == sorted(json.loads(x)["auditID"] for x in first + rest)
         assert sink.credentials.reloads >= 1
         blocked = [r for r in caplog.records if r.getMessage().startswith("sink blocked")]
         assert blocked
@@ -355,9 +332,9 @@ async def test_sts_credential_rotation_without_restart(tmp_path: Path, dl: DeadL
     ],
 )
 async def test_blocking_errors_keep_the_data_and_say_what_to_fix(
-    server: SlsTestServer, dl: DeadLetterStore, over: dict[str, Any], code: str, names: list[str]
+    sls_server: SlsTestServer, dl: DeadLetterStore, over: dict[str, Any], code: str, names: list[str]
 ) -> None:
-    sink = make_sink(server, **over)
+    sink = make_sink(sls_server, **over)
     run = Run(sink, dl)
     run.start(numbered_lines(5))
     await until(lambda: sink.error_codes[code] >= 2, what=code)
@@ -373,53 +350,53 @@ async def test_blocking_errors_keep_the_data_and_say_what_to_fix(
 
 
 @pytest.mark.asyncio
-async def test_missing_logstore_unblocks_once_created(server: SlsTestServer, dl: DeadLetterStore) -> None:
-    server.projects[PROJECT].pop(LOGSTORE)
-    sink = make_sink(server)
+async def test_missing_logstore_unblocks_once_created(sls_server: SlsTestServer, dl: DeadLetterStore) -> None:
+    sls_server.projects[PROJECT].pop(LOGSTORE)
+    sink = make_sink(sls_server)
     run = Run(sink, dl)
     run.start(numbered_lines(5))
     await until(lambda: run.runner.state == "blocked", what="blocked")
     from tests.support.sls_server import Logstore
 
-    server.projects[PROJECT][LOGSTORE] = Logstore(LOGSTORE)
+    sls_server.projects[PROJECT][LOGSTORE] = Logstore(LOGSTORE)
     await run.wait()
-    assert run.ledger.offset(1) == run.end and len(server.logs(LOGSTORE)) == 5
+    assert run.ledger.offset(1) == run.end and len(sls_server.logs(LOGSTORE)) == 5
 
 
 @pytest.mark.asyncio
 async def test_post_body_too_large_splits_until_the_server_takes_it(dl: DeadLetterStore) -> None:
-    with SlsTestServer(max_raw_bytes=200 << 10) as server:
-        sink = make_sink(server)  # sink thinks 5 MiB is fine; this server takes 200 KiB
+    with SlsTestServer(max_raw_bytes=200 << 10) as sls_server:
+        sink = make_sink(sls_server)  # sink thinks 5 MiB is fine; this server takes 200 KiB
         lines = numbered_lines(3000)
         run = Run(sink, dl)
         await run(lines)
         assert sink.error_codes["PostBodyTooLarge"] >= 1
-        assert all(g["raw_size"] <= 200 << 10 for g in server.groups(LOGSTORE))
-        assert sorted(r["auditID"] for r in server.logs(LOGSTORE)) == sorted(json.loads(x)["auditID"] for x in lines)
+        assert all(g["raw_size"] <= 200 << 10 for g in sls_server.groups(LOGSTORE))
+        assert sorted(r["auditID"] for r in sls_server.logs(LOGSTORE)) == sorted(json.loads(x)["auditID"] for x in lines)
         assert run.ledger.offset(1) == run.end and run.dead() == []
 
 
 @pytest.mark.asyncio
-async def test_large_batches_go_out_as_several_requests_within_the_limits(server: SlsTestServer, dl: DeadLetterStore) -> None:
+async def test_large_batches_go_out_as_several_requests_within_the_limits(sls_server: SlsTestServer, dl: DeadLetterStore) -> None:
     lines = numbered_lines(9000)
     big = BatchConfig(max_events=20_000, max_bytes=64 << 20, max_wait_ms=3_600_000)
-    run = Run(make_sink(server), dl, batch=big)
+    run = Run(make_sink(sls_server), dl, batch=big)
     await run(lines)
-    groups = server.groups(LOGSTORE)
+    groups = sls_server.groups(LOGSTORE)
     assert len(groups) >= 3 and all(len(g["logs"]) <= 4096 and g["raw_size"] <= 5 << 20 for g in groups)
-    assert len(server.logs(LOGSTORE)) == 9000 and run.ledger.offset(1) == run.end
+    assert len(sls_server.logs(LOGSTORE)) == 9000 and run.ledger.offset(1) == run.end
 
 
 @pytest.mark.asyncio
-async def test_a_multi_megabyte_event_arrives_trimmed_and_annotated(server: SlsTestServer, dl: DeadLetterStore) -> None:
+async def test_a_multi_megabyte_event_arrives_trimmed_and_annotated(sls_server: SlsTestServer, dl: DeadLetterStore) -> None:
     event = json.loads(numbered_lines(1)[0])
     event["level"] = "RequestResponse"
     event["requestObject"] = {"kind": "Secret", "data": {"x": "A" * (6 << 20)}}
     event["responseObject"] = {"kind": "Secret", "data": {"x": "B" * (3 << 20)}}
     rec = json.dumps(event).encode()
-    run = Run(make_sink(server), dl)
+    run = Run(make_sink(sls_server), dl)
     await run([numbered_lines(1, start=1)[0], rec])
-    rows = server.logs(LOGSTORE)
+    rows = sls_server.logs(LOGSTORE)
     assert [r["auditID"] for r in rows] == ["t-000000001", event["auditID"]]
     big = rows[1]
     assert big["level"] == "Metadata" and "requestObject" not in big and "responseObject" not in big
@@ -429,13 +406,13 @@ async def test_a_multi_megabyte_event_arrives_trimmed_and_annotated(server: SlsT
 
 
 @pytest.mark.asyncio
-async def test_a_poison_event_is_bisected_out_and_dead_lettered_alone(server: SlsTestServer, dl: DeadLetterStore) -> None:
+async def test_a_poison_event_is_bisected_out_and_dead_lettered_alone(sls_server: SlsTestServer, dl: DeadLetterStore) -> None:
     lines = numbered_lines(40)
     bad_id = json.loads(lines[17])["auditID"]
-    server.poison = lambda c: "InvalidKey" if c.get("auditID") == bad_id else None
-    run = Run(make_sink(server), dl)
+    sls_server.poison = lambda c: "InvalidKey" if c.get("auditID") == bad_id else None
+    run = Run(make_sink(sls_server), dl)
     await run(lines)
-    stored = sorted(r["auditID"] for r in server.logs(LOGSTORE))
+    stored = sorted(r["auditID"] for r in sls_server.logs(LOGSTORE))
     assert bad_id not in stored and len(stored) == 39
     (dead,) = run.dead()
     assert bad_id.encode() in dead["event"] if isinstance(dead.get("event"), bytes) else bad_id in json.dumps(dead)
@@ -444,12 +421,12 @@ async def test_a_poison_event_is_bisected_out_and_dead_lettered_alone(server: Sl
 
 
 @pytest.mark.asyncio
-async def test_shard_routing_by_hash_key(server: SlsTestServer, dl: DeadLetterStore) -> None:
-    run = Run(make_sink(server, shard_hash_key="cp-1"), dl)
+async def test_shard_routing_by_hash_key(sls_server: SlsTestServer, dl: DeadLetterStore) -> None:
+    run = Run(make_sink(sls_server, shard_hash_key="cp-1"), dl)
     await run(numbered_lines(3))
-    (put,) = server.putlogs()
+    (put,) = sls_server.putlogs()
     assert put.path.endswith("/shards/route") and len(put.params["key"]) == 32
-    assert server.groups(LOGSTORE)[0]["route_key"] == put.params["key"]
+    assert sls_server.groups(LOGSTORE)[0]["route_key"] == put.params["key"]
 
 
 @pytest.mark.asyncio
@@ -461,9 +438,9 @@ async def test_https_verifies_the_endpoint_certificate(dl: DeadLetterStore, tmp_
     ca = trustme.CA()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    with SlsTestServer(tls=ctx) as server:
-        assert server.url.startswith("https://")
-        untrusted = make_sink(server)
+    with SlsTestServer(tls=ctx) as sls_server:
+        assert sls_server.url.startswith("https://")
+        untrusted = make_sink(sls_server)
         (req,) = untrusted.encode(numbered_lines(2))
         try:
             result: Any = await untrusted.send(req)
@@ -474,6 +451,6 @@ async def test_https_verifies_the_endpoint_certificate(dl: DeadLetterStore, tmp_
         assert type(outcome).__name__ == "Blocked" and "TLS" in outcome.reason  # type: ignore[union-attr]
         pem = tmp_path / "ca.pem"
         ca.cert_pem.write_to_path(str(pem))
-        run = Run(make_sink(server, ca_file=str(pem)), dl)
+        run = Run(make_sink(sls_server, ca_file=str(pem)), dl)
         await run(numbered_lines(5))
-        assert len(server.logs(LOGSTORE)) == 5 and run.ledger.offset(1) == run.end
+        assert len(sls_server.logs(LOGSTORE)) == 5 and run.ledger.offset(1) == run.end

@@ -15,14 +15,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.ops.monitoring import SYNTHETIC, all_used_metric_names, exposed_sample_names
 from tests.support.corpus import REPO, numbered_lines
 from tests.support.harness import append
-
-pytestmark = pytest.mark.integration
+from tests.support.wait import until_blocking
 
 HASH_KEY = "hk-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 
@@ -51,15 +49,15 @@ class Manager:
         raise AssertionError(f"no {key} within {timeout}s; got {self.seen}")
 
 
-def _metrics_address(stderr: Path, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _metrics_address(stderr: Path) -> str:
+    def logged() -> str | None:
         for line in stderr.read_text().splitlines():
             doc = json.loads(line)
             if doc.get("msg") == "serving metrics":
                 return str(doc["address"])
-        time.sleep(0.05)
-    raise AssertionError(f"no 'serving metrics' log line:\n{stderr.read_text()}")
+        return None
+
+    return until_blocking(logged, what=lambda: f"a 'serving metrics' log line:\n{stderr.read_text()}")
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -109,9 +107,7 @@ def test_agent_under_a_fake_systemd(tmp_path: Path) -> None:
 
         address = _metrics_address(stderr)
         assert _get(f"http://{address}/healthz")[0] == 200
-        deadline = time.monotonic() + 10
-        while _get(f"http://{address}/readyz")[0] != 200 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        until_blocking(lambda: _get(f"http://{address}/readyz")[0] == 200, what="/readyz 200")
         assert _get(f"http://{address}/readyz")[0] == 200
         code, exposition = _get(f"http://{address}/metrics")
         assert code == 200

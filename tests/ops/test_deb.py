@@ -19,8 +19,6 @@ import pytest
 
 import kube_audit_shipper
 
-pytestmark = pytest.mark.integration
-
 REPO = Path(__file__).resolve().parents[2]
 DEB_DIR = REPO / "packaging" / "deb"
 PYTHON = "/usr/bin/python3.11"

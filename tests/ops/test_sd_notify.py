@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kube_audit_shipper.systemd import Notifier
+from tests.support.wait import until
 
 
 class FakeSystemd:
@@ -154,12 +155,17 @@ def test_keepalive_pings_while_healthy_and_reports_status_changes(systemd: FakeS
     async def scenario() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
         n = Notifier.from_environ({"NOTIFY_SOCKET": systemd.env_value, "WATCHDOG_USEC": "100000"})  # ping every 50 ms
         task = asyncio.create_task(n.keepalive(lambda: healthy[0], status, status_every_s=0.05))
-        await asyncio.sleep(0.4)
-        while_healthy = systemd.pending()
+        while_healthy: list[dict[str, str]] = []
+
+        def pinged_and_changed() -> bool:  # 3 pings and the status change a -> b
+            while_healthy.extend(systemd.pending())
+            return sum(m == {"WATCHDOG": "1"} for m in while_healthy) >= 3 and any(m.get("STATUS") == "b" for m in while_healthy)
+
+        await until(pinged_and_changed, what="3 watchdog pings and the status change")
         healthy[0] = False
         await asyncio.sleep(0.06)  # a ping decided before the flip may still arrive
         systemd.pending()
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # no ping may come now: 6 intervals of 50 ms unhealthy
         while_unhealthy = systemd.pending()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -178,12 +184,14 @@ def test_keepalive_without_watchdog_sends_status_only(systemd: FakeSystemd) -> N
     async def scenario() -> list[dict[str, str]]:
         n = Notifier.from_environ({"NOTIFY_SOCKET": systemd.env_value})
         task = asyncio.create_task(n.keepalive(lambda: True, lambda: "steady", status_every_s=0.02))
-        await asyncio.sleep(0.15)
+        got: list[dict[str, str]] = []
+        await until(lambda: got.extend(systemd.pending()) or got, what="the first status")
+        await asyncio.sleep(0.15)  # no second message may come: the same status is not sent again (7 checks at 20 ms)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         n.close()
-        return systemd.pending()
+        return got + systemd.pending()
 
     msgs = asyncio.run(scenario())
     assert msgs == [{"STATUS": "steady"}]

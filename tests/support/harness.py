@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +87,7 @@ def rotate(path: Path, stamp: str, *, gz: bool = False) -> Path:
 
 
 class Running:
-    """An Agent running in the test's event loop; `await until(...)`, then `await stop()`."""
+    """An Agent running in the test's event loop; `await until(...)` (tests/support/wait.py), then `await stop()`."""
 
     def __init__(self, cfg: Config, **kw: Any) -> None:
         self.agent = Agent(cfg, **kw)
@@ -115,11 +113,3 @@ class Running:
     async def __aexit__(self, *exc: object) -> None:
         if self.task is not None and not self.task.done():
             await self.stop()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)

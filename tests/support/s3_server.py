@@ -23,11 +23,10 @@ import socket
 import subprocess
 import sysconfig
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -35,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import pytest
 
 from tests.support.corpus import numbered_lines
+from tests.support.wait import until_blocking
 
 ADMIN = ("KASADMINKEY0000000001", "kas-admin-secret-0000000000000000000001")
 READER = ("KASREADERKEY00000001", "kas-reader-secret-000000000000000000001")
@@ -102,22 +101,24 @@ class SeaweedS3:
         for name, port in ports.items():
             args += [f"-{name}.port={port}", f"-{name}.port.grpc={port + 10_000}"]
         self.log = (self.workdir / "weed.log").open("wb")
-        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}: {(self.workdir / 'weed.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(self.endpoint + "/", timeout=1)  # loopback only
-            except urllib.error.HTTPError as exc:
-                if exc.code == 403:  # up, and refusing an unsigned request
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("SeaweedFS S3 did not come up")
-            time.sleep(0.1)
+        self.proc = proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True)
+        try:
+            until_blocking(lambda: self._up(proc), timeout_s=timeout, what="SeaweedFS S3 to come up", max_poll_s=0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _up(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Up, and refusing an unsigned request; a weed that exited is an error at once."""
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed exited with {proc.returncode}: {(self.workdir / 'weed.log').read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(self.endpoint + "/", timeout=1)  # loopback only
+        except urllib.error.HTTPError as exc:
+            return exc.code == 403
+        except OSError:
+            pass
+        return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -137,16 +138,6 @@ class SeaweedS3:
             "type": "s3", "name": "archive", "bucket": bucket, "region": REGION, "endpoint": self.endpoint,
             "force_path_style": True, "access_key_id": ADMIN[0], "secret_access_key": ADMIN[1], **extra,
         }  # fmt: skip
-
-
-@pytest.fixture(scope="module", name="s3_server")
-def s3_server_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @asynccontextmanager
@@ -281,9 +272,10 @@ class FaultProxy:
             self._loop.run_forever()
         finally:
             self._server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            self._loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
+            while self._tasks:  # again for a connection whose handler first ran during this teardown
+                for task in list(self._tasks):
+                    task.cancel()
+                self._loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
             self._loop.run_until_complete(self._server.wait_closed())
             self._loop.close()
 
@@ -310,7 +302,11 @@ class FaultProxy:
             self._tasks.discard(task)
 
     async def _forward(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
-        ureader, uwriter = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            ureader, uwriter = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        except BaseException:  # upstream refused, or the proxy stopping: the client's connection is closed all the same
+            cwriter.close()
+            raise
         pipe = asyncio.create_task(self._pipe(ureader, cwriter))
         try:
             while True:

@@ -25,8 +25,6 @@ import yaml
 from tests.support.corpus import REPO
 from tests.support.harness import sink_lines
 
-pytestmark = [pytest.mark.torture, pytest.mark.integration]
-
 RATE = 3000  # events/s written by the fake apiserver
 EVENTS = 15000
 FLUSH_MS = 100

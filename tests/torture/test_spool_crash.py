@@ -11,9 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from kube_audit_shipper.delivery.spool import Spool
+from tests.support.wait import until_blocking
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = Path(__file__).with_name("spool_writer.py")
@@ -48,7 +47,6 @@ def check_record(meta: bytes, payload: bytes) -> int:
     return n
 
 
-@pytest.mark.torture
 def test_sigkill_never_loses_a_durable_unacked_record(tmp_path: Path) -> None:
     spool_dir = tmp_path / "spool"
     rng = random.Random(20240611)
@@ -65,11 +63,14 @@ def test_sigkill_never_loses_a_durable_unacked_record(tmp_path: Path) -> None:
             child = subprocess.Popen([sys.executable, str(WRITER), *args], stdout=out, env=env, cwd=tmp_path)
         try:
             # most kills land while writing; some during start-up and recovery
-            deadline = time.monotonic() + 10
-            if rng.random() < 0.8:
-                while not parse(out_path.read_bytes())[3] and child.poll() is None and time.monotonic() < deadline:
-                    time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.35))
+            if rng.random() < 0.8:  # the writer ready (or gone: asserted below)
+                until_blocking(
+                    lambda out_path=out_path, child=child: parse(out_path.read_bytes())[3] or child.poll() is not None,
+                    timeout_s=10,
+                    what="the writer ready",
+                    max_poll_s=0.005,
+                )
+            time.sleep(rng.uniform(0.0, 0.35))  # the kill point, at random: what this test varies
             assert child.poll() is None, f"writer exited early with {child.returncode}"
             child.send_signal(signal.SIGKILL)
             assert child.wait(timeout=10) == -signal.SIGKILL

@@ -28,8 +28,7 @@ from kube_audit_shipper.delivery.spool import SEGMENT_HEADER_SIZE, Spool
 from tests.support.corpus import REPO, audit_id, numbered_lines
 from tests.support.fault_sink import OK, FaultServer, slow
 from tests.support.harness import append, sink_lines
-
-pytestmark = [pytest.mark.torture, pytest.mark.integration]
+from tests.support.wait import until_blocking
 
 SEED = 20261123
 MAX_EVENTS = 100
@@ -81,9 +80,11 @@ def test_sigkill_during_spool_writes_and_replay_loses_nothing(tmp_path: Path) ->
                 "sinks": [
                     {"name": "archive", "type": "file", "path": str(out), "rotate_bytes": 1 << 20},
                     {
-                        "name": "flaky",
-                        "type": "file",
-                        "path": str(tmp_path / "unused"),
+                        "name": "flaky",  # the FaultSink's stand-in config: a type that may have concurrency > 1
+                        "type": "sls",
+                        "endpoint": "http://127.0.0.1:9",
+                        "project": "fault-test",
+                        "logstore": "flaky",
                         "retry": {"initial_ms": 20, "max_ms": 200},
                         "concurrency": 2,
                         "spool": {"max_bytes": SPOOL_BYTES, "segment_bytes": 1 << 20},
@@ -130,7 +131,9 @@ def test_sigkill_during_spool_writes_and_replay_loses_nothing(tmp_path: Path) ->
             during_replay = 0
             for _ in range(KILLS_REPLAY):
                 before = server.requests
-                kill_after(start(server.url), rng.uniform(1.0, 2.0))  # the agent needs ~0.7 s to start sending
+                agent = start(server.url)
+                until_blocking(lambda agent=agent, before=before: server.requests > before or agent.poll() is not None, what="the agent sending again")
+                kill_after(agent, rng.uniform(0.3, 1.3))  # a random point of the replay (it used to be 1.0-2.0 s after a ~0.7 s start)
                 runs += 1
                 if server.requests > before and spooled_bytes(spool_dir) > 0:
                     during_replay += 1  # killed after replay began and before the spool was empty

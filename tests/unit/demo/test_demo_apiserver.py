@@ -5,19 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import re
-import signal
 import stat
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-import kube_audit_shipper
 from kube_audit_shipper.demo.apiserver import (
     OversizeLineError,
     RotatingAuditWriter,
@@ -27,9 +21,9 @@ from kube_audit_shipper.demo.apiserver import (
     write_events,
 )
 from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
+from tests.support.rotated_logs import all_ids, read_lines
 
 T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc)
-REPO = Path(kube_audit_shipper.__file__).resolve().parent.parent
 
 
 def ticking(step: timedelta = timedelta(seconds=1), start: datetime = T0) -> Callable[[], datetime]:
@@ -41,18 +35,6 @@ def ticking(step: timedelta = timedelta(seconds=1), start: datetime = T0) -> Cal
         return state["now"]
 
     return clock
-
-
-def read_lines(path: Path) -> list[bytes]:
-    data = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
-    assert data == b"" or data.endswith(b"\n"), f"{path.name} ends inside a line"
-    return data.splitlines()
-
-
-def all_ids(active: Path) -> list[str]:
-    """auditIDs across backups (oldest first) and then the active file."""
-    files = [*list_backups(active), *([active] if active.exists() else [])]
-    return [json.loads(line)["auditID"] for f in files for line in read_lines(f)]
 
 
 def test_rotation_names_order_and_no_split_lines(tmp_path: Path) -> None:
@@ -203,40 +185,3 @@ def test_compress_file_replaces_a_partial_gz(tmp_path: Path) -> None:
     Path(f"{src}.gz").write_bytes(b"\x1f\x8b truncated")
     dst = compress_file(src)
     assert not src.exists() and gzip.decompress(dst.read_bytes()) == b'{"a":1}\n{"b":2}\n'
-
-
-def _cli(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen(
-        [sys.executable, "-m", "kube_audit_shipper.demo.apiserver", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-@pytest.mark.integration
-def test_cli_writes_all_events_rotates_and_prints_one_summary(tmp_path: Path) -> None:
-    log = tmp_path / "audit.log"
-    proc = _cli(tmp_path, "--path", str(log), "--events", "600", "--rate", "5000", "--max-bytes", "200000", "--compress", "--seed", "9")
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0 and err == ""
-    summary = json.loads(out)
-    assert out.count("\n") == 1 and summary == {"events": 600, "rotations": len(list_backups(log)), "dropped": 0}
-    assert summary["rotations"] >= 2 and all(b.name.endswith(".gz") for b in list_backups(log))
-    expected = [json.loads(line)["auditID"] for line in AuditEventGenerator(9).lines(600)]
-    assert all_ids(log) == expected
-
-
-@pytest.mark.integration
-def test_cli_finishes_the_current_line_on_sigterm(tmp_path: Path) -> None:
-    log = tmp_path / "audit.log"
-    proc = _cli(tmp_path, "--path", str(log), "--events", "0", "--rate", "2000", "--max-bytes", "100000")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (not log.exists() or log.stat().st_size < 50_000) and not list_backups(log):
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and err == ""
-    summary = json.loads(out)
-    ids = all_ids(log)  # read_lines asserts every file ends on a newline
-    assert summary["events"] == len(ids) > 0
-    assert ids == [json.loads(line)["auditID"] for line in AuditEventGenerator(0).lines(len(ids))]
-    assert re.fullmatch(r'\{"events": \d+, "rotations": \d+, "dropped": 0\}\n', out)

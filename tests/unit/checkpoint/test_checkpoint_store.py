@@ -68,7 +68,14 @@ def test_file_format(tmp_path: Path) -> None:
     assert doc["version"] == VERSION == 1
     assert isinstance(doc["written_at"], float)
     assert {f["ino"] for f in doc["files"]} == {1311, 1312, 99}
-    assert set(doc["files"][0]) == {"path", "dev", "ino", "fp_len", "fp", "gzip", "offset", "complete", "gone_since"}
+    assert set(doc["files"][0]) == {"path", "dev", "ino", "fp_len", "fp", "gzip", "offset", "complete", "gone_since", "size", "lost"}
+
+
+def test_a_checkpoint_written_before_size_and_lost_existed_still_loads(tmp_path: Path) -> None:
+    old = {"path": "/a.log", "dev": 1, "ino": 2, "fp_len": 3, "fp": "0011223344556677", "gzip": False, "offset": 5, "complete": False, "gone_since": None}
+    (tmp_path / "checkpoints.json").write_text(json.dumps({"version": 1, "written_at": 1.0, "files": [old]}))
+    [entry] = CheckpointStore(tmp_path).load() or []
+    assert (entry.offset, entry.size, entry.lost) == (5, 0, False)
 
 
 def test_empty_list_round_trips(tmp_path: Path) -> None:

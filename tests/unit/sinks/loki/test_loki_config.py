@@ -10,7 +10,8 @@ import pytest
 
 from kube_audit_shipper.config import parse
 from kube_audit_shipper.errors import ConfigError
-from kube_audit_shipper.sinks.loki.config import BasicAuth, LokiSinkConfig, LokiTlsConfig
+from kube_audit_shipper.sinks.http.config import BasicAuth, TlsConfig
+from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
 from kube_audit_shipper.sinks.loki.fields import FIELDS
 
 ISSUE_EXAMPLE = {
@@ -52,7 +53,7 @@ def test_the_issue_example_and_the_defaults() -> None:
 
 
 def test_every_field_is_described() -> None:
-    for struct in (LokiSinkConfig, LokiTlsConfig, BasicAuth):
+    for struct in (LokiSinkConfig, TlsConfig, BasicAuth):
         hints = typing.get_type_hints(struct, include_extras=True)
         for name in struct.__struct_fields__:
             if name in ("name", "batch", "retry", "spool", "concurrency"):

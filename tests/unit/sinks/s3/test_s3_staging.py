@@ -7,7 +7,6 @@ import gzip
 import io
 import json
 import os
-import time
 import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,6 +20,7 @@ from kube_audit_shipper.sinks.s3 import staging as staging_mod
 from kube_audit_shipper.sinks.s3.keys import KeyTemplate
 from kube_audit_shipper.sinks.s3.staging import Staging, StagingFullError, valid_prefix
 from tests.support.corpus import numbered_lines
+from tests.support.wait import until_blocking
 
 MiB = 1 << 20
 T0 = datetime(2026, 11, 22, 9, 59, 0, tzinfo=timezone.utc)
@@ -79,7 +79,7 @@ def test_rotation_by_size_age_and_forward_partition(tmp_path: Path) -> None:
     put(st, frame([b'{"a":3}'], "zstd"), T0 + timedelta(minutes=1))  # 10:00: the hour partition moved on
     assert st.sealed_count == 2
     assert st.seconds_to_seal() is not None
-    time.sleep(0.35)
+    until_blocking(lambda: st.seconds_to_seal() == 0, what="the open object reaching object_max_age_s")
     assert st.seal_if_old() and st.sealed_count == 3
     keys = [o.key for o in st._sealed]
     assert [k.split("/")[2] for k in keys] == ["hour=09", "hour=09", "hour=10"]

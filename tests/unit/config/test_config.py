@@ -15,8 +15,8 @@ from kube_audit_shipper.config_subst import substitute
 from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
 from kube_audit_shipper.errors import ConfigError
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
+from tests.support.corpus import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"sinks": [{"name": "a", "type": "file", "path": "/x"}]}
 
 
@@ -370,7 +370,7 @@ def test_whole_value_placeholder_becomes_int_for_int_fields(tmp_path: Path) -> N
             type: file
             path: /x
             rotate_bytes: ${ROTATE}
-            concurrency: "${CONC:-2}"
+            compression_level: "${LEVEL:-5}"
         memory_limit_bytes: ${MEM}
         shutdown_timeout_s: ${GRACE}
         input: {backfill_rotated: "${BACKFILL}"}
@@ -378,7 +378,7 @@ def test_whole_value_placeholder_becomes_int_for_int_fields(tmp_path: Path) -> N
     )
     cfg = load(p, env={"ROTATE": "2097152", "MEM": "4194304", "GRACE": "1.5", "BACKFILL": "true"})
     assert cfg.sinks[0].rotate_bytes == 2097152
-    assert cfg.sinks[0].concurrency == 2
+    assert cfg.sinks[0].compression_level == 5
     assert cfg.memory_limit_bytes == 4194304
     assert cfg.shutdown_timeout_s == 1.5
     assert cfg.input.backfill_rotated is True

@@ -37,6 +37,7 @@ from kube_audit_shipper.delivery.contract import (
 from kube_audit_shipper.delivery.engine import SinkRunner
 from kube_audit_shipper.delivery.spool import Spool
 from kube_audit_shipper.model import Chunk
+from tests.support.wait import until
 
 MiB = 1 << 20
 FAST_RETRY = RetryConfig(initial_ms=1, max_ms=5)
@@ -246,14 +247,6 @@ async def run_all(runner: SinkRunner, chunks: list[Chunk], timeout: float = 10.0
     await asyncio.wait_for(runner.finish(None, drain_spool=True), timeout)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
-
-
 def expected_ranges(model: Model, batch: list[bytes]) -> dict[int, tuple[int, int]]:
     """The input a batch stands for: per file, from its first record's range start to its last's end."""
     out: dict[int, tuple[int, int]] = {}
@@ -277,13 +270,6 @@ def check_exact_acks(model: Model, sink: MemSink, ledger: SpyLedger) -> None:
     assert sorted(by_batch) == list(range(len(sink.sent)))
     for k, batch in enumerate(sink.sent):
         assert by_batch[k] == expected_ranges(model, batch), f"batch {k}"
-
-
-@pytest.fixture
-def dl(tmp_path: Path):  # type: ignore[no-untyped-def]
-    store = DeadLetterStore(tmp_path / "state", max_bytes=MiB, max_event_bytes=MiB)
-    yield store
-    store.close()
 
 
 def all_records(chunks: list[Chunk]) -> list[bytes]:
@@ -443,7 +429,7 @@ async def test_max_wait_flushes_a_partial_batch(dl: DeadLetterStore) -> None:
     task = asyncio.get_running_loop().create_task(runner.run())
     t0 = time.monotonic()
     runner.queue.put_nowait(c)
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # nothing may be sent in these 20 ms (of the 150 ms max_wait)
     assert sink.sent == []  # not yet: neither full nor old
     await asyncio.wait_for(sent.wait(), 5)
     assert time.monotonic() - t0 >= 0.14
@@ -734,11 +720,12 @@ async def test_blocked_waits_max_ms_logs_once_per_interval_keeps_data_then_recov
     for c in chunks:
         runner.queue.put_nowait(c)
     await runner.stop()
-    blocked_until[0] = time.monotonic() + 1.0
+    blocked_at = time.monotonic()
     await until(lambda: runner.state == "blocked", what="blocked state")
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # nothing may be acknowledged or given up in 0.5 s of blocked attempts
     assert runner.state == "blocked" and runner.blocked_since is not None
     assert ledger.offset(1) == 0 and ledger.acks == [] and sink.sent == []  # data kept, nothing acknowledged
+    blocked_until[0] = max(blocked_at + 1.0, time.monotonic())  # the backend is fixed ~1 s after the first attempt, never before these checks
     await asyncio.wait_for(task, 10)
     await asyncio.wait_for(runner.finish(None), 10)
     assert runner.state == "ok" and runner.blocked_since is None
@@ -959,7 +946,7 @@ async def test_full_spool_holds_the_batcher_until_room_then_nothing_is_lost(dl: 
     assert 2 <= runner.spooled_batches < 19 and spool.bytes_used <= 6000
     held = runner.queue.qsize()
     assert held > 0  # the batcher waits: chunks stay queued (the reader is then held by the memory budget)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # nothing may be taken from the queue or spooled while the spool is full
     assert runner.queue.qsize() == held and spool.bytes_used <= 6000
     offset_while_full = ledger.offset(1)
     assert offset_while_full is not None and offset_while_full < chunks[-1].end
