@@ -83,6 +83,10 @@ async def _replay(cfg: Config, records: list[dict[str, Any]], store: DeadLetterS
             out.write(f"{r['id']}: still not an audit event ({exc.reason}); left in the store\n")
             skipped += 1
             continue
+        except Exception as exc:  # contained to this record, as in the pipeline  # noqa: BLE001
+            out.write(f"{r['id']}: processing failed ({type(exc).__name__}); left in the store\n")
+            skipped += 1
+            continue
         if shipped is None:
             out.write(f"{r['id']}: dropped by the policy; marked replayed\n")
             store.mark_replayed([r["id"]])

@@ -12,6 +12,15 @@ attempts and logs one error per minute; Split re-encodes the request in parts; R
 the named records. Nothing is dropped unless `max_retry_age_s` asks for it, and then it is dead-lettered
 and counted.
 
+Encode failures: a sink's `encode` may fail on one odd record (the pipeline ships any valid JSON object,
+however nested or whatever its values). When a batch cannot be encoded and the sink can still encode a
+record it encoded before (the *canary*; `{}` before the first batch), the batch is bisected down to the
+records that cannot be encoded alone: those are dead-lettered with the exception (`unencodable`, counted
+in `sink_events_deadlettered_total`), the rest is encoded again together and delivered. When not even the
+canary encodes, the sink itself is broken: the batch is kept and retried slowly (state blocked), as for
+any sink bug. A request the backend finds too large and the sink fails to `split` is cut in halves the
+same way; a single such record is dead-lettered.
+
 Spool (optional, per sink): while the spool holds anything or the sink is failing, new batches go to
 the spool (fsynced, then acknowledged) so the reader goes on; a drainer sends spooled batches oldest
 first, up to `concurrency` at a time, each holding one of the sink's slots (so a sink never sees more
@@ -21,6 +30,7 @@ than `concurrency` requests at once). A full spool holds the batch in memory unt
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +42,7 @@ from tenacity import RetryCallState, wait_random_exponential
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
-from kube_audit_shipper.delivery.contract import Batch, Blocked, Delivered, Rejected, Request, Retry, Sink, Split
+from kube_audit_shipper.delivery.contract import Batch, Blocked, Delivered, Rejected, Request, Retry, Sink, Split, split_in_half
 from kube_audit_shipper.delivery.health import BLOCKED_LOG_INTERVAL_S, BlockedClock
 from kube_audit_shipper.delivery.spool import RecordTooLargeError, Spool, SpoolFullError
 from kube_audit_shipper.model import Chunk
@@ -40,6 +50,8 @@ from kube_audit_shipper.model import Chunk
 log = logging.getLogger(__name__)
 
 Locate = Callable[[int], "tuple[str | None, int, int] | None"]  # record index -> where it was read
+#: A dead-letter reason built from an exception keeps this many characters of its message.
+MAX_REASON_CHARS = 300
 
 
 class _Spill(Exception):
@@ -90,6 +102,7 @@ class SinkRunner:
         self.spooled_batches = 0
         self.spool_full_waits = 0
         self.last_error: str | None = None
+        self._canary = b"{}"  # a record this sink encoded: tells a broken sink from a record it cannot encode
 
     # -- batching --------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -207,14 +220,16 @@ class SinkRunner:
     async def _deliver_records(self, records: list[bytes], locate: Locate | None = None, *, spill: bool = False) -> None:
         while True:
             try:
-                requests = await asyncio.to_thread(self.sink.encode, records)
+                requests, unencodable = await asyncio.to_thread(self._encode_contained, records)
                 break
-            except Exception as exc:  # a sink bug, not a backend answer: keep the data, say so, try again slowly
+            except Exception as exc:  # the sink cannot encode anything: keep the data, say so, try again slowly
                 log.exception("sink failed to encode a batch; it is kept and tried again", extra={"sink": self.name})
                 self._set_state("blocked", f"encode failed: {type(exc).__name__}: {exc}")
                 if spill:
                     raise _Spill from exc
                 await asyncio.sleep(self.retry_cfg.max_ms / 1000)
+        if unencodable:
+            self._dead(records, list(unencodable), "cannot encode the record", unencodable, kind="unencodable", locate=locate)
         for request in requests:
             await self._until_done(request, records, time.monotonic(), locate, spill=spill)
 
@@ -255,17 +270,25 @@ class SinkRunner:
                 rejected = set(outcome.indices)
                 rest = [i for i in request.indices if i not in rejected]
                 if outcome.retry_rest and rest:
-                    for sub in await asyncio.to_thread(self._encode_subset, records, rest):
+                    subs, unencodable = await asyncio.to_thread(self._encode_contained, records, rest)
+                    if unencodable:
+                        self._dead(records, list(unencodable), "cannot encode the record", unencodable, kind="unencodable", locate=locate)
+                    for sub in subs:
                         await self._until_done(sub, records, first_try, locate)
                 elif rest:
                     self._delivered(request, records, only=rest)
                 return
             if isinstance(outcome, Split):
+                parts: list[Request] | None
                 try:
                     parts = await asyncio.to_thread(self.sink.split, request, records)
                 except Exception:
-                    log.exception("sink failed to split a request; it is sent again whole", extra={"sink": self.name})
-                    parts = None
+                    log.exception("sink failed to split a request; the engine cuts it in halves", extra={"sink": self.name})
+                    parts = await self._halves(request, records, locate) if len(request.indices) > 1 else []
+                    if parts is not None and len(request.indices) > 1:
+                        for part in parts:  # records it could not encode are dead-lettered already
+                            await self._until_done(part, records, first_try, locate)
+                        return
                 if parts is None:
                     await asyncio.sleep(self.retry_cfg.max_ms / 1000)
                     continue
@@ -305,6 +328,66 @@ class SinkRunner:
             if max_age:
                 delay = min(delay, max(0.0, max_age - age))
             await asyncio.sleep(delay)
+
+    def _encode_contained(self, records: list[bytes], positions: Sequence[int] | None = None) -> tuple[list[Request], dict[int, str]]:
+        """Encode `records` (or only `records[positions]`) in a worker thread, whatever one record holds.
+
+        Returns the requests and, by position, why each record the sink cannot encode cannot be (those are
+        left out). Raises what the sink raised when the sink cannot even encode its canary: a broken sink.
+        """
+        try:
+            requests = self.sink.encode(records) if positions is None else self._encode_subset(records, positions)
+        except Exception as exc:  # noqa: BLE001  # one record's fault or the sink's: _isolate tells which
+            return self._isolate(records, range(len(records)) if positions is None else positions, exc)
+        if positions is None:
+            if records:
+                self._canary = records[-1]
+        elif positions:
+            self._canary = records[positions[-1]]
+        return requests, {}
+
+    def _isolate(self, records: list[bytes], positions: Sequence[int], exc: Exception) -> tuple[list[Request], dict[int, str]]:
+        """`records[positions]` failed to encode together: bisect down to the records that fail alone."""
+        try:
+            self.sink.encode([self._canary])
+        except Exception:  # noqa: BLE001  # not even a record it encoded before: the sink is broken
+            raise exc from None
+        unencodable: dict[int, str] = {}
+        parts: list[Request] = []
+        self._bisect(records, list(positions), exc, unencodable, parts)
+        if unencodable:
+            rest = [i for i in positions if i not in unencodable]
+            if rest:
+                with contextlib.suppress(Exception):  # the others together, as the sink would; else the bisection's parts
+                    parts = self._encode_subset(records, rest)
+        return parts, unencodable
+
+    def _bisect(self, records: list[bytes], positions: list[int], exc: Exception, unencodable: dict[int, str], parts: list[Request]) -> None:
+        if len(positions) == 1:
+            unencodable[positions[0]] = f"cannot encode the record: {type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+            return
+        mid = len(positions) // 2
+        for half in (positions[:mid], positions[mid:]):
+            try:
+                parts.extend(self._encode_subset(records, half))
+            except Exception as half_exc:  # noqa: BLE001
+                self._bisect(records, half, half_exc, unencodable, parts)
+
+    async def _halves(self, request: Request, records: list[bytes], locate: Locate | None) -> list[Request] | None:
+        """The records of a request (two or more) the sink failed to split, encoded again in two halves (records
+        that cannot be are dead-lettered); None when the sink cannot encode at all."""
+        encoded = []
+        for half in split_in_half(request) or ():
+            try:
+                encoded.append(await asyncio.to_thread(self._encode_contained, records, half))
+            except Exception:  # noqa: BLE001
+                return None
+        parts: list[Request] = []
+        for requests, unencodable in encoded:
+            if unencodable:
+                self._dead(records, list(unencodable), "cannot encode the record", unencodable, kind="unencodable", locate=locate)
+            parts.extend(requests)
+        return parts
 
     def _encode_subset(self, records: list[bytes], indices: Sequence[int]) -> list[Request]:
         """Encode some records of a batch again, keeping their positions in the batch."""
@@ -379,10 +462,10 @@ class SinkRunner:
         assert self.spool is not None
         spool = self.spool
         while True:
+            self._spool_wakeup.clear()  # before looking: an append from now on sets it again, so none is missed
             records = await asyncio.to_thread(spool.next_unacked, self.concurrency)
             if not records:
                 await asyncio.to_thread(spool.flush_acks)  # idle: make every ack so far durable
-                self._spool_wakeup.clear()
                 await self._spool_wakeup.wait()
                 continue
             await asyncio.gather(*(self._drain_one(rec) for rec in records))

@@ -1,12 +1,19 @@
 """Turn the lines of one read into the records to ship: check, transform, dead-letter what is bad.
 
 Runs in the reader's thread, once per chunk. A line is an audit event when it is valid UTF-8 and a
-JSON object; anything else goes to the dead-letter store with file and offset, never stops the reader.
-With no transform configured the record is the line's bytes, unchanged.
+JSON object, however deeply nested (a line msgspec cannot check for depth is checked by the policy
+package's iterative scanner); anything else goes to the dead-letter store with file and offset, never
+stops the reader. With no transform configured the record is the line's bytes, unchanged.
+
+No line can stop the pipeline: an exception the per-line code raises for one line (a bug, or an input
+nobody foresaw) is caught for that line alone, which is dead-lettered with the exception's type and
+message (bounded) and counted as `deadletter:processing_error`; the other lines of the chunk go on.
+Only the dead-letter store's own I/O errors propagate: they are about the state directory, not the line.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -16,8 +23,16 @@ import msgspec
 
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.errors import MalformedEventError
+from kube_audit_shipper.jsonscan import check_object
 from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.source.reader import Lines
+
+log = logging.getLogger(__name__)
+
+#: A dead-letter reason for an unexpected exception keeps this many characters of its message.
+MAX_REASON_CHARS = 300
+#: At most one log line per this many seconds for unexpected per-line exceptions (each is dead-lettered).
+ERROR_LOG_INTERVAL_S = 60.0
 
 
 class Transform(Protocol):
@@ -46,7 +61,10 @@ def check_event(line: bytes) -> None:
     if not line.isascii():
         check_utf8(line)
     try:
-        _check_object(line)
+        try:
+            _check_object(line)
+        except RecursionError:  # nested deeper than msgspec goes: the iterative check
+            check_object(line)
     except msgspec.ValidationError:
         raise MalformedEventError("not a JSON object") from None
     except msgspec.DecodeError as exc:
@@ -59,6 +77,7 @@ class LineProcessor:
         self.deadletter = deadletter
         self._counts: Counter[str] = Counter()  # read, blank, dropped, deadletter:<kind>
         self._lock = threading.Lock()
+        self._error_logged_at = float("-inf")
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -90,6 +109,11 @@ class LineProcessor:
             except MalformedEventError as exc:
                 self._dead(path, end - len(line) - 1, len(line) + 1, exc.reason, line, counts)
                 continue
+            except Exception as exc:  # noqa: BLE001  # contained to this line: dead-lettered, counted, the chunk goes on
+                reason = f"processing failed: {type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+                self._log_error(path, end - len(line) - 1, type(exc).__name__)
+                self._dead(path, end - len(line) - 1, len(line) + 1, reason, line, counts, kind="processing_error")
+                continue
             if out is None:
                 dropped += 1
                 continue
@@ -106,6 +130,17 @@ class LineProcessor:
         if records:
             ends[-1] = lines.end  # the last record also stands for trailing lines that produced none
         return chunk
+
+    def _log_error(self, path: str, offset: int, error: str) -> None:
+        """One error log a minute at most; the exception's type only: its message may quote the event (a
+        Secret's data), which goes to the dead-letter store (mode 0600), never to the logs."""
+        now = time.monotonic()
+        if now - self._error_logged_at >= ERROR_LOG_INTERVAL_S:
+            self._error_logged_at = now
+            log.error(
+                "a line could not be processed; it is dead-lettered with the reason and the pipeline goes on (logged at most once a minute)",
+                extra={"path": path, "offset": offset, "error": error},
+            )
 
     def _dead(self, path: str, offset: int, length: int, reason: str, line: bytes | None, counts: Counter[str], kind: str = "malformed") -> None:
         counts[f"deadletter:{kind}"] += 1

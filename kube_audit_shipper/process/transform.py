@@ -7,6 +7,13 @@ The output keeps the input's field order and bytes wherever nothing changed: an 
 was recorded is the input line itself, with the enrichment members spliced in before the closing brace; a
 trimmed event is re-encoded from its raw values (bodies are copied, not parsed). With no policy and no
 enrichment the output is the input.
+
+Any line that is a JSON object is shipped (or dropped by the policy), whatever its nesting or its values:
+decode splits the top level without recursing when msgspec cannot go as deep (event.py), a body that cannot
+be stripped of managedFields ships as recorded and one that cannot be redacted is replaced by a marker
+(both noted in `annotations["kube-audit-shipper.io/body-not-parsed"]`), and a derived field that cannot be
+computed is left out. Only a line that is not a JSON object raises (MalformedEventError); anything else
+the caller (process/decode.py) contains to the line.
 """
 
 from __future__ import annotations
@@ -16,11 +23,10 @@ import msgspec
 from kube_audit_shipper.process.enrich.config import EnrichConfig
 from kube_audit_shipper.process.enrich.fields import Enricher
 from kube_audit_shipper.process.enrich.redact import Redactor
+from kube_audit_shipper.process.policy.config import DECISION_CACHE_SIZE
 from kube_audit_shipper.process.policy.event import decode_event
 from kube_audit_shipper.process.policy.match import CompiledPolicy, DecisionCache
 from kube_audit_shipper.process.policy.trim import DROPPED_STAGE, KEPT, trim_event
-
-DEFAULT_DECISION_CACHE_SIZE = 8192
 
 
 class Transform:
@@ -37,7 +43,7 @@ class Transform:
         enricher: Enricher | None = None,
         redactor: Redactor | None = None,
         *,
-        decision_cache_size: int = DEFAULT_DECISION_CACHE_SIZE,
+        decision_cache_size: int = DECISION_CACHE_SIZE,
     ) -> None:
         self.policy = policy
         self._decisions = DecisionCache(policy, decision_cache_size) if policy is not None else None
@@ -49,6 +55,11 @@ class Transform:
         self._added_keys = self._enricher.added_keys if self._enricher is not None else frozenset()
         self._redactor = redactor
         self._encoder = msgspec.json.Encoder()
+
+    @property
+    def withheld_bodies(self) -> int:
+        """Bodies redaction replaced by a marker because it could not parse them (see enrich.redact)."""
+        return self._redactor.withheld if self._redactor is not None else 0
 
     def apply(self, line: bytes) -> bytes | None:
         """The output event for one input line, or None when the policy drops it.
@@ -82,7 +93,7 @@ def build_transform(
     enrich: EnrichConfig,
     *,
     node_name: str,
-    decision_cache_size: int = DEFAULT_DECISION_CACHE_SIZE,
+    decision_cache_size: int = DECISION_CACHE_SIZE,
 ) -> Transform | None:
     """The transform for this configuration, or None when there is nothing to do (ship lines unchanged).
 

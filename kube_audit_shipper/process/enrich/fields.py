@@ -74,46 +74,72 @@ class Enricher:
         derived = self.derive(event)
         if not derived:
             return self._static
-        return b"".join((self._static_prefix, self._derived_key, self._encoder.encode(derived)))
+        try:
+            encoded = self._encoder.encode(derived)
+        except Exception:  # noqa: BLE001  # cannot happen for values derive() makes; the event still ships
+            return self._static
+        return b"".join((self._static_prefix, self._derived_key, encoded))
 
     def derive(self, event: EventView) -> dict[str, object]:
-        """The derived security fields of one event (only those that can be derived)."""
+        """The derived security fields of one event (only those that can be derived).
+
+        Each field is computed on its own: one that cannot be (an odd value, or a bug) is left out, the others
+        are kept, and the event ships. The guards cost nothing while nothing raises.
+        """
         view = event.view
         out: dict[str, object] = {}
         if self._source_ip or self._source_ip_public:
-            addresses = view.sourceIPs
-            if addresses:
-                address = addresses[0]
-                if self._source_ip:
-                    out["source_ip"] = address
-                if self._source_ip_public:
-                    public = self._is_public(address)
-                    if public is not None:
-                        out["source_ip_public"] = public
+            try:
+                addresses = view.sourceIPs
+                if addresses:
+                    address = addresses[0]
+                    if self._source_ip:
+                        out["source_ip"] = address
+                    if self._source_ip_public:
+                        public = self._is_public(address)
+                        if public is not None:
+                            out["source_ip_public"] = public
+            except Exception:  # noqa: BLE001  # left out (see the docstring)
+                pass
         user = view.user
         if self._user_kind:
-            out["user_kind"] = user_kind(user, self._system_prefixes)
+            try:  # noqa: SIM105  # no context manager on the hot path
+                out["user_kind"] = user_kind(user, self._system_prefixes)
+            except Exception:  # noqa: BLE001  # left out (see the docstring)
+                pass
         if self._effective_user:
-            impersonated = view.impersonatedUser
-            impersonated_name = (impersonated.username or None) if impersonated else None
-            reason = None
-            if impersonated_name is None and user and user.username in self._shared_admins:
-                annotations = view.annotations
-                reason = annotations.get(REASON_ANNOTATION) if annotations else None
-            acting = effective_user(user, impersonated_name, reason, self._shared_admins)
-            if acting is not None:
-                out["effective_user"] = acting
+            try:
+                impersonated = view.impersonatedUser
+                impersonated_name = (impersonated.username or None) if impersonated else None
+                reason = None
+                if impersonated_name is None and user and user.username in self._shared_admins:
+                    annotations = view.annotations
+                    reason = annotations.get(REASON_ANNOTATION) if annotations else None
+                acting = effective_user(user, impersonated_name, reason, self._shared_admins)
+                if acting is not None:
+                    out["effective_user"] = acting
+            except Exception:  # noqa: BLE001  # left out (see the docstring)
+                pass
         if self._outcome:
-            status = view.responseStatus
-            code = status.code if status else None
-            if code:
-                out["outcome"] = "success" if code < 400 else "failure"
+            try:
+                status = view.responseStatus
+                code = status.code if status else None
+                if code:
+                    out["outcome"] = "success" if code < 400 else "failure"
+            except Exception:  # noqa: BLE001  # left out (see the docstring)
+                pass
         if self._latency:
-            latency = latency_ms(view.requestReceivedTimestamp or None, view.stageTimestamp or None)
-            if latency is not None:
-                out["latency_ms"] = latency
+            try:
+                latency = latency_ms(view.requestReceivedTimestamp or None, view.stageTimestamp or None)
+                if latency is not None:
+                    out["latency_ms"] = latency
+            except Exception:  # noqa: BLE001  # left out (see the docstring)
+                pass
         if self._pod_session:
-            session = pod_session(view)
-            if session is not None:
-                out["pod_session"] = session
+            try:
+                session = pod_session(view)
+                if session is not None:
+                    out["pod_session"] = session
+            except Exception:  # noqa: BLE001  # left out (see the docstring)
+                pass
         return out

@@ -15,6 +15,14 @@ its JSON for a non-string; HMAC-SHA256 when `hash_key` is set), so that a change
 requestURI: the value of every query parameter whose (decoded, case-insensitive) name is listed is masked the
 same way; the rest of the URI is kept byte for byte.
 
+A body of an affected resource that cannot be parsed (nested deeper than msgspec goes, a number out of range,
+anything else that fails) is **replaced by a marker**, never shipped as recorded: it may hold the very secret
+the rule is there to mask, and a body that cannot be read cannot be shown to be free of it. The marker is
+`{"kube-audit-shipper.io/withheld": "<why>", "bytes": <size of the body>}` (plus `"sha256"` of the body in hash
+mode, keyed like every hash, so a team can match it against the node's own log), and the event says so in
+`annotations["kube-audit-shipper.io/body-not-parsed"]`. The event itself (who, what, when) ships as usual.
+The same holds for a requestURI whose query cannot be masked: the query is withheld.
+
 Built-in rules (`default_rules`): Secret `data`, `stringData` and the `kubectl.kubernetes.io/last-applied-
 configuration` annotation (it holds the whole Secret as JSON); TokenRequest (`serviceaccounts/token`) and
 `tokenrequests` `status.token`; TokenReview `spec.token`; query parameters `token`, `access_token`, `id_token`,
@@ -39,6 +47,10 @@ FieldPath = tuple[str, ...]
 
 _REQUEST_OBJECT = "requestObject"
 _RESPONSE_OBJECT = "responseObject"
+#: The key of the marker object that replaces a body redaction could not parse.
+WITHHELD_KEY = "kube-audit-shipper.io/withheld"
+WITHHELD_QUERY = "withheld-by-kube-audit-shipper"
+_REASON_CHARS = 200
 
 
 def parse_field_path(text: str) -> FieldPath:
@@ -89,6 +101,8 @@ class Redactor:
         self._hash = config.mode == "hash"
         self._replacement = config.replacement
         self._hash_key = config.hash_key.encode() if config.hash_key is not None else None
+        #: Bodies replaced by a marker because they could not be parsed (for a metric: a security team wants to know).
+        self.withheld = 0
 
     @property
     def active(self) -> bool:
@@ -102,14 +116,35 @@ class Redactor:
             if paths:
                 for name, raw in ((_REQUEST_OBJECT, request), (_RESPONSE_OBJECT, response)):
                     if raw is not None:
-                        redacted = self.redact_body(raw, paths)
+                        try:
+                            redacted = self.redact_body(raw, paths)
+                        except Exception as exc:  # noqa: BLE001  # fail closed: the body is withheld, never leaked
+                            redacted = self._withhold(event, name, raw, exc)
                         if redacted is not None:
                             event.set(name, Raw(redacted))
         uri = event.view.requestURI
         if uri and self._query_names is not None and "?" in uri:
-            redacted_uri = self.redact_uri(uri)
+            try:
+                redacted_uri = self.redact_uri(uri)
+            except Exception as exc:  # noqa: BLE001  # fail closed, as for a body
+                redacted_uri = uri.partition("?")[0] + "?" + WITHHELD_QUERY
+                event.annotate(f"requestURI: query withheld: it could not be parsed to mask tokens ({_reason(exc)})")
             if redacted_uri != uri:
                 event.set("requestURI", redacted_uri)
+
+    def _withhold(self, event: EventView, name: str, raw: Raw | bytes, exc: Exception) -> bytes:
+        """The marker that replaces a body redaction could not parse; the event notes why."""
+        self.withheld += 1
+        body = bytes(raw)
+        reason = _reason(exc)
+        marker: dict[str, object] = {
+            WITHHELD_KEY: f"not parsed for redaction ({reason}); withheld so that no secret in it can leak",
+            "bytes": len(body),
+        }
+        if self._hash:
+            marker["sha256"] = self._digest(body)
+        event.annotate(f"{name}: replaced by a marker: the body could not be parsed to mask secrets ({reason}); {len(body)} bytes withheld")
+        return self._encoder.encode(marker)
 
     def _body_paths(self, event: EventView) -> tuple[FieldPath, ...] | None:
         ref = event.view.objectRef
@@ -182,8 +217,10 @@ class Redactor:
         if not self._hash:
             return self._replacement
         data = value.encode() if isinstance(value, str) else self._encoder.encode(value)
-        digest = hmac.new(self._hash_key, data, hashlib.sha256).hexdigest() if self._hash_key is not None else hashlib.sha256(data).hexdigest()
-        return "sha256:" + digest
+        return "sha256:" + self._digest(data)
+
+    def _digest(self, data: bytes) -> str:
+        return hmac.new(self._hash_key, data, hashlib.sha256).hexdigest() if self._hash_key is not None else hashlib.sha256(data).hexdigest()
 
     def redact_uri(self, uri: str) -> str:
         """`uri` with the values of the listed query parameters masked; unchanged otherwise."""
@@ -201,3 +238,13 @@ class Redactor:
                 parts[index] = name + "=" + quote(masked, safe="*:")
                 changed = True
         return path + "?" + "&".join(parts) if changed else uri
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a body could not be redacted, as it is shipped: the exception's type, and its message only when it
+    cannot quote the body (msgspec's name a position or a path, never a value)."""
+    if isinstance(exc, RecursionError):
+        return "RecursionError: nested deeper than the parser goes"
+    if isinstance(exc, msgspec.MsgspecError):
+        return f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]
+    return type(exc).__name__

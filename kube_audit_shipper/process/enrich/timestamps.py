@@ -2,7 +2,9 @@
 
 kube-apiserver writes RFC 3339 with microseconds in UTC (`2018-10-25T13:58:49.730588Z`). Third-party
 events also carry other forms, which are accepted: a space instead of `T`, 0 to 9 fraction digits, a numeric
-offset instead of `Z`, or no zone at all (read as UTC: `2022-11-29 00:09:04.38`). Anything else gives None.
+offset instead of `Z`, or no zone at all (read as UTC: `2022-11-29 00:09:04.38`). Anything else gives None:
+a value out of range (month 13, an offset of `+99:99`, a year the difference cannot be computed for) or
+anything that only looks like a timestamp (`00:00:9e9999999Z`).
 
 Only `requestReceivedTimestamp` and `stageTimestamp` are used. Old v1beta1 events with only the
 second-precision `timestamp`/`metadata.creationTimestamp` get no latency (it would read as 0 or 1000 ms).
@@ -30,17 +32,23 @@ def latency_ms(received: str | None, stage: str | None) -> float | None:
         and received[10] == "T"
         and received[4] == "-"
     ):
+        # float() also reads `9e9999999` (inf), `nan` or `1_0`: only seconds of a minute are taken here, anything
+        # else goes to the exact parser below (a range check costs less than checking the digits first).
         try:
-            micros = round((float(stage[_MINUTE_PREFIX:-1]) - float(received[_MINUTE_PREFIX:-1])) * 1e6)
+            start_s, end_s = float(received[_MINUTE_PREFIX:-1]), float(stage[_MINUTE_PREFIX:-1])
         except ValueError:
             pass
         else:
-            return micros / 1000
+            if 0.0 <= start_s < 61.0 and 0.0 <= end_s < 61.0:
+                return round((end_s - start_s) * 1e6) / 1000
     start = parse_timestamp(received)
     end = parse_timestamp(stage)
     if start is None or end is None:
         return None
-    return ((end - start) // timedelta(microseconds=1)) / 1000
+    try:
+        return ((end - start) // timedelta(microseconds=1)) / 1000
+    except OverflowError:  # stamps at the ends of the calendar in different zones
+        return None
 
 
 def parse_timestamp(text: str) -> datetime | None:
@@ -53,10 +61,13 @@ def parse_timestamp(text: str) -> datetime | None:
     if zone is None or zone in ("Z", "z"):
         tz = timezone.utc
     else:
-        sign = -1 if zone[0] == "-" else 1
         digits = zone[1:].replace(":", "")
-        tz = timezone(sign * timedelta(hours=int(digits[:2]), minutes=int(digits[2:])))
+        hours, minutes = int(digits[:2]), int(digits[2:])
+        if hours > 23 or minutes > 59:
+            return None
+        offset = timedelta(hours=hours, minutes=minutes)
+        tz = timezone(-offset if zone[0] == "-" else offset)
     try:
         return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, tzinfo=tz)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None

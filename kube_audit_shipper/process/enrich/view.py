@@ -81,7 +81,8 @@ class AuditEventView(Protocol):
 
 
 class EventView(Protocol):
-    """A decoded event: typed head fields in `view`, raw bodies through `get`, edits through `set`."""
+    """A decoded event: typed head fields in `view`, raw bodies through `get`, edits through `set`, notes
+    through `annotate`."""
 
     @property
     def view(self) -> AuditEventView: ...
@@ -89,6 +90,10 @@ class EventView(Protocol):
     def get(self, name: str) -> Raw | None: ...
 
     def set(self, name: str, value: Any) -> None: ...
+
+    def annotate(self, note: str) -> None:
+        """Say on the event what a step could not do (a body it could not parse), in a shipped annotation."""
+        ...
 
 
 def api_group(ref: ObjectRefView) -> str:

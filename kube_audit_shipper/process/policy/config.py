@@ -6,6 +6,9 @@ from typing import Annotated
 
 import msgspec
 
+#: the default of policy.decision_cache_size (and of a Transform or DecisionCache built without a config)
+DECISION_CACHE_SIZE = 8192
+
 
 class PolicyConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     file: Annotated[
@@ -18,4 +21,4 @@ class PolicyConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fie
             ge=0,
             description="policy decisions remembered per distinct request shape (user, verb, resource, path...); 0 evaluates every event against the rules",
         ),
-    ] = 8192
+    ] = DECISION_CACHE_SIZE

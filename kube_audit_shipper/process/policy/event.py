@@ -10,7 +10,18 @@ absent.
 Any line that does not fit (an unknown field anywhere in the typed part, a value of another type, as in many
 third-party and fixture events) is decoded as `dict[str, Raw]` instead: its output keeps every field, in the
 original order, and its *view* (what the policy and enrichment read) is built field by field, leniently: a
-value of an unexpected type reads as absent, never as an error.
+value of an unexpected type (or a number out of range, or nested too deep) reads as absent, never as an error.
+
+Nesting: msgspec recurses on nested arrays and objects, also to skip or keep a value raw, and stops at Python's
+recursion limit (about 1,000 levels). kube-apiserver records deeper bodies (a user may create such an object),
+so a line msgspec cannot decode for depth is split at its top level by `kube_audit_shipper.jsonscan`: an iterative scanner that
+validates the whole line as strictly as msgspec (escapes, surrogate pairs, numbers, no trailing data) with an
+explicit stack and never recurses, at a few MB/s (it only runs on such lines). The event keeps its head fields,
+its policy decision and its bodies as recorded; a head field nested too deep reads as absent. `object_members`
+and `array_items` give any step (trim, the sinks) the same depth-proof top-level view of a value.
+
+`annotate` is how a step says on the event itself what it could not do (a body it could not parse): the note
+goes to `annotations["kube-audit-shipper.io/body-not-parsed"]`, where it is shipped and queryable.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import msgspec
 from msgspec import UNSET, Raw, UnsetType
 
 from kube_audit_shipper.errors import MalformedEventError
+from kube_audit_shipper.jsonscan import array_items, object_members
 
 _BOM = b"\xef\xbb\xbf"
 _WHITESPACE = b" \t\r\n"
@@ -85,50 +97,71 @@ class AuditEventWire(msgspec.Struct, forbid_unknown_fields=True):
 EVENT_FIELDS = frozenset(AuditEventWire.__struct_fields__)
 _BODIES = frozenset({"requestObject", "responseObject", "metadata"})
 
+#: Where a step notes on the event what it could not do with a body (shipped with the event).
+BODY_NOTE_ANNOTATION = "kube-audit-shipper.io/body-not-parsed"
+#: Top-level member holding that note when the event's `annotations` is not a JSON object.
+NOTES_FIELD = "kube-audit-shipper.io/annotations"
+
 _WIRE = msgspec.json.Decoder(AuditEventWire)
 _TOP = msgspec.json.Decoder(dict[str, Raw])
-_ANY = msgspec.json.Decoder()
+_STR = msgspec.json.Decoder(str)
+_INT = msgspec.json.Decoder(int)
 _FIELD_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     field.name: msgspec.json.Decoder(field.type) for field in msgspec.structs.fields(AuditEventWire) if field.name not in _BODIES
 }
 
 
-def _lenient_user(value: Any) -> UserInfo | UnsetType:
-    if not isinstance(value, dict):
+def _text(raw: Raw | None) -> str | UnsetType:
+    if raw is None:
         return UNSET
-    name, groups = value.get("username"), value.get("groups")
-    return UserInfo(
-        username=name if isinstance(name, str) else UNSET,
-        groups=[g for g in groups if isinstance(g, str)] if isinstance(groups, list) else UNSET,
-    )
-
-
-def _lenient_object_ref(value: Any) -> ObjectReference | UnsetType:
-    if not isinstance(value, dict):
+    try:
+        return _STR.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
         return UNSET
-    return ObjectReference(**{name: item for name in ObjectReference.__struct_fields__ if isinstance(item := value.get(name), str)})
 
 
-def _lenient_status(value: Any) -> Status | UnsetType:
-    if not isinstance(value, dict):
+def _texts(raw: Raw) -> list[str] | UnsetType:
+    items = _items_or_none(raw)
+    if items is None:
         return UNSET
-    code = value.get("code")
-    return Status(code=code if isinstance(code, int) and not isinstance(code, bool) else UNSET)
+    return [text for item in items if (text := _text(item)) is not UNSET]
 
 
-def _lenient_value(name: str, value: Any) -> Any:
-    """A plain decoded value of field `name` coerced to the view's type, or UNSET."""
-    if name in ("user", "impersonatedUser"):
-        return _lenient_user(value)
-    if name == "objectRef":
-        return _lenient_object_ref(value)
-    if name == "responseStatus":
-        return _lenient_status(value)
+def _members_or_none(raw: Raw) -> dict[str, Raw] | None:
+    try:
+        return object_members(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def _items_or_none(raw: Raw) -> list[Raw] | None:
+    try:
+        return array_items(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def _lenient_value(name: str, raw: Raw) -> Any:
+    """Field `name` read member by member, each member that is not of its type left out; UNSET if none fits."""
     if name == "sourceIPs":
-        return [item for item in value if isinstance(item, str)] if isinstance(value, list) else UNSET
+        return _texts(raw)
+    if name not in ("user", "impersonatedUser", "objectRef", "responseStatus", "annotations"):
+        return _text(raw)
+    members = _members_or_none(raw)
+    if members is None:
+        return UNSET
+    if name == "objectRef":
+        return ObjectReference(**{f: text for f in ObjectReference.__struct_fields__ if (text := _text(members.get(f))) is not UNSET})
     if name == "annotations":
-        return {k: v for k, v in value.items() if isinstance(v, str)} if isinstance(value, dict) else UNSET
-    return value if isinstance(value, str) else UNSET
+        return {k: text for k, v in members.items() if (text := _text(v)) is not UNSET}
+    if name == "responseStatus":
+        code = members.get("code")
+        try:
+            return Status(code=UNSET if code is None else _INT.decode(code))
+        except (msgspec.DecodeError, RecursionError):
+            return Status()
+    groups = members.get("groups")
+    return UserInfo(username=_text(members.get("username")), groups=UNSET if groups is None else _texts(groups))
 
 
 def _view_of(top: dict[str, Raw]) -> AuditEventWire:
@@ -140,8 +173,8 @@ def _view_of(top: dict[str, Raw]) -> AuditEventWire:
             continue
         try:
             fields[name] = decoder.decode(raw)
-        except msgspec.ValidationError:
-            fields[name] = _lenient_value(name, _ANY.decode(raw))
+        except (msgspec.DecodeError, RecursionError):  # another type, a number out of range, too deep
+            fields[name] = _lenient_value(name, raw)
     return AuditEventWire(**fields)
 
 
@@ -182,6 +215,31 @@ class RecordedEvent:
         elif getattr(self.view, name) is not UNSET:
             setattr(self.view, name, UNSET)
             self.dirty = True
+
+    def annotate(self, note: str) -> None:
+        """Say on the event what a step could not do (`BODY_NOTE_ANNOTATION`; notes of one event are joined by "; ").
+
+        The note goes into `annotations`; when the event's `annotations` is not a JSON object, into a
+        top-level `NOTES_FIELD` object instead, so that nothing recorded is replaced.
+        """
+        self.dirty = True
+        if self.top is None:
+            annotations = self.view.annotations
+            if isinstance(annotations, UnsetType):
+                annotations = self.view.annotations = {}
+            before = annotations.get(BODY_NOTE_ANNOTATION)
+            annotations[BODY_NOTE_ANNOTATION] = f"{before}; {note}" if before else note
+            return
+        field = "annotations"
+        raw = self.top.get(field)
+        members = {} if raw is None else _members_or_none(raw)
+        if members is None:
+            field = NOTES_FIELD
+            raw = self.top.get(field)
+            members = ({} if raw is None else _members_or_none(raw)) or {}
+        noted = _text(members.get(BODY_NOTE_ANNOTATION))
+        members[BODY_NOTE_ANNOTATION] = Raw(msgspec.json.encode(f"{noted}; {note}" if noted else note))
+        self.top[field] = Raw(msgspec.json.encode(members))
 
     def encode(
         self,
@@ -228,10 +286,12 @@ def decode_event(line: bytes) -> RecordedEvent:
         event = decode_event(line[len(_BOM) :])
         event.dirty = True
         return event
+    except RecursionError:
+        pass  # nested deeper than msgspec goes: the top level is split by the scanner below
     try:
-        top = _TOP.decode(line)
-    except msgspec.ValidationError as exc:
-        raise MalformedEventError(f"not a JSON object: {exc}") from exc
+        top = object_members(line)
     except msgspec.DecodeError as exc:
         raise MalformedEventError(f"invalid JSON: {exc}") from exc
+    if top is None:
+        raise MalformedEventError("not a JSON object")
     return RecordedEvent(_view_of(top), top)

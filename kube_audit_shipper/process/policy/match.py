@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from kube_audit_shipper.process.policy.attributes import RequestAttributes, request_attributes
+from kube_audit_shipper.process.policy.config import DECISION_CACHE_SIZE
 from kube_audit_shipper.process.policy.event import RecordedEvent
 from kube_audit_shipper.process.policy.schema import LEVEL_RANK, RANK_NONE, GroupResources, Policy, PolicyRule
 from kube_audit_shipper.process.policy.validate import ANY_GROUP
@@ -183,7 +184,7 @@ class DecisionCache:
 
     __slots__ = ("_cache", "_groups", "_namespaces", "_need_name", "_users", "max_entries", "policy")
 
-    def __init__(self, policy: CompiledPolicy, max_entries: int = 8192) -> None:
+    def __init__(self, policy: CompiledPolicy, max_entries: int = DECISION_CACHE_SIZE) -> None:
         self.policy = policy
         self.max_entries = max_entries
         self._cache: dict[tuple[object, ...], Decision] = {}

@@ -11,7 +11,13 @@
   `responseObject`. As upstream, a *patch* request body is left alone: it is the patch document, logged raw.
 
 Bodies are only parsed when they contain the bytes `managedFields`, and then only along the path to it
-(object → metadata, or List → items → metadata): `spec`/`status` are copied as raw bytes.
+(object → metadata, or List → items → metadata): `spec`/`status` are copied as raw bytes. Each step reads one
+level (`object_members`, `array_items`), so a body nested deeper than msgspec goes is stripped all the same.
+
+A body that still cannot be stripped (it is not valid JSON, or a Table nests Tables deeper than Python
+recurses) is **shipped as recorded**, managedFields included, and the event says so in
+`annotations["kube-audit-shipper.io/body-not-parsed"]`: omitManagedFields saves volume, it hides nothing a
+security team must not see, so the evidence is kept whole rather than cut or dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from collections.abc import Callable
 import msgspec
 from msgspec import Raw
 
+from kube_audit_shipper.jsonscan import array_items, object_members
 from kube_audit_shipper.process.policy.event import RecordedEvent
 from kube_audit_shipper.process.policy.match import Decision
 from kube_audit_shipper.process.policy.schema import LEVEL_RANK, LEVELS, RANK_NONE, RANK_REQUEST, RANK_REQUEST_RESPONSE
@@ -31,8 +38,7 @@ DROPPED_STAGE = 2
 
 _MANAGED_FIELDS = b"managedFields"
 _TABLE_KIND = b'"Table"'
-_OBJECT = msgspec.json.Decoder(dict[str, Raw])
-_ARRAY = msgspec.json.Decoder(list[Raw])
+_REASON_CHARS = 200
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -75,10 +81,16 @@ def trim_event(event: RecordedEvent, decision: Decision) -> int:
 
 def _strip_field(event: RecordedEvent, name: str) -> None:
     raw = event.get(name)
-    if raw is not None:
+    if raw is None:
+        return
+    try:
         stripped = strip_managed_fields(raw)
-        if stripped is not None:
-            event.set(name, stripped)
+    except Exception as exc:  # noqa: BLE001  # shipped as recorded, and the event says why
+        reason = f"{type(exc).__name__}: {exc}"[:_REASON_CHARS]
+        event.annotate(f"{name}: managedFields not removed, shipped as recorded: the body could not be parsed ({reason})")
+        return
+    if stripped is not None:
+        event.set(name, stripped)
 
 
 def strip_managed_fields(body: Raw | bytes) -> Raw | None:
@@ -86,9 +98,8 @@ def strip_managed_fields(body: Raw | bytes) -> Raw | None:
     data = bytes(body)
     if _MANAGED_FIELDS not in data:
         return None
-    try:
-        top = _OBJECT.decode(data)
-    except msgspec.ValidationError:
+    top = object_members(data)
+    if top is None:
         return None  # an array (JSON patch), a string...: no object metadata to strip
     changed = _strip_object_metadata(top)
     items = top.get("items")
@@ -106,11 +117,8 @@ def _strip_object_metadata(obj: dict[str, Raw]) -> bool:
     metadata = obj.get("metadata")
     if metadata is None or _MANAGED_FIELDS not in bytes(metadata):
         return False
-    try:
-        fields = _OBJECT.decode(metadata)
-    except msgspec.ValidationError:
-        return False
-    if fields.pop("managedFields", None) is None:
+    fields = object_members(metadata)
+    if fields is None or fields.pop("managedFields", None) is None:
         return False
     obj["metadata"] = Raw(_ENCODER.encode(fields))
     return True
@@ -133,20 +141,16 @@ def _strip_each(container: dict[str, Raw], key: str, raw_array: Raw, strip: Call
     data = bytes(raw_array)
     if _MANAGED_FIELDS not in data:
         return False
-    try:
-        elements = _ARRAY.decode(data)
-    except msgspec.ValidationError:
+    elements = array_items(data)
+    if elements is None:
         return False
     changed = False
     for index, element in enumerate(elements):
         element_bytes = bytes(element)
         if _MANAGED_FIELDS not in element_bytes:
             continue
-        try:
-            obj = _OBJECT.decode(element_bytes)
-        except msgspec.ValidationError:
-            continue
-        if strip(obj):
+        obj = object_members(element_bytes)
+        if obj is not None and strip(obj):
             elements[index] = Raw(_ENCODER.encode(obj))
             changed = True
     if changed:

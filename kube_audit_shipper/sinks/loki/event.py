@@ -1,12 +1,16 @@
 """What the Loki sink reads from an event: a few fields, the timestamp in nanoseconds, and an oversize trim.
 
 Each record is decoded once, into a Struct built for the configured fields only (msgspec skips the rest,
-bodies included, without building them). An event whose fields have unexpected types (hand-written
-fixtures: a string `user`, say) falls back to a plain decode and the same lookups.
+bodies included, without building them). An event that does not fit (a field of an unexpected type, such as
+a string `user`; a number out of range; a value nested deeper than msgspec goes, which it cannot even skip)
+is read again member by member along the same paths (`object_members`, which never recurses): a value that
+cannot be read is absent, and the entry is shipped all the same.
 
 Timestamp: `stageTimestamp`, else `requestReceivedTimestamp`, else the v1beta1 `timestamp`, read with
 nanosecond precision (RFC 3339 with `Z` or an offset, a space instead of `T`, 0 to 9 fraction digits, no
-zone read as UTC); an event with none of them gets the time it is encoded at.
+zone read as UTC); one with an impossible offset, before 1970 or past 2262 (what Loki's nanoseconds hold)
+does not count. An event
+with none of them gets the time it is encoded at.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from typing import Any
 import msgspec
 from msgspec import Raw
 
+from kube_audit_shipper.jsonscan import object_members
+
 _TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})?")
 _TS_FIELDS = ("stageTimestamp", "requestReceivedTimestamp", "timestamp")
-_TOP = msgspec.json.Decoder(dict[str, Raw])
-_ANNOTATIONS = msgspec.json.Decoder(dict[str, Any])
+_ANY = msgspec.json.Decoder()
+_MAX_NS = 1 << 63  # Loki's timestamps are int64 nanoseconds
 _ENCODE = msgspec.json.Encoder().encode
 TRIM_ANNOTATION = "kube-audit-shipper/trimmed"
 _BODIES = ("requestObject", "responseObject")
@@ -52,10 +58,13 @@ class FieldReader:
     def read(self, record: bytes) -> tuple[list[Any], int]:
         try:
             event: Any = self._decoder.decode(record)
-        except msgspec.ValidationError:  # odd types somewhere: look the same paths up in plain objects
-            obj = msgspec.json.decode(record)
-            values = [_lookup(obj, path) for path in self.paths]
-            stamps = [obj.get(k) if isinstance(obj, dict) else None for k in _TS_FIELDS]
+        except (msgspec.ValidationError, RecursionError):  # odd types, numbers or depth: member by member
+            try:
+                top = object_members(record) or {}
+            except msgspec.DecodeError:
+                top = {}
+            values = [_lookup(top, path) for path in self.paths]
+            stamps = [_lookup(top, (key,)) for key in _TS_FIELDS]
         except msgspec.DecodeError:  # not JSON (the pipeline never hands such a record over): a line without fields
             values, stamps = [None] * len(self.paths), []
         else:
@@ -96,9 +105,12 @@ def parse_ns(text: str) -> int | None:
         return None
     if zone is not None and zone not in ("Z", "z"):
         digits = zone[1:].replace(":", "")
+        if int(digits[:2]) > 23 or int(digits[2:]) > 59:  # no such zone (`+99:99`): not a timestamp
+            return None
         offset = int(digits[:2]) * 3600 + int(digits[2:]) * 60
         secs -= offset if zone[0] == "+" else -offset
-    return secs * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+    ns = secs * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+    return ns if 0 <= ns < _MAX_NS else None
 
 
 def fit_line(record: bytes, limit: int) -> bytes:
@@ -108,8 +120,10 @@ def fit_line(record: bytes, limit: int) -> bytes:
     The result may still be over the limit only for absurdly small limits; Loki then refuses it (dead letter).
     """
     try:
-        top = _TOP.decode(record)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+        top = object_members(record)
+    except msgspec.DecodeError:
+        top = None
+    if top is None:
         return record  # not a JSON object: sent as it is, Loki refuses it, and it is dead-lettered with Loki's reason
     removed = [k for k in _BODIES if top.pop(k, None) is not None]
     if "level" in top:
@@ -132,14 +146,14 @@ def fit_line(record: bytes, limit: int) -> bytes:
 
 
 def _annotations(top: dict[str, Raw]) -> dict[str, Any]:
+    """The event's annotations, values kept raw ({} when absent or not an object)."""
     raw = top.get("annotations")
     if raw is None:
         return {}
     try:
-        value = _ANNOTATIONS.decode(raw)
-    except msgspec.ValidationError:
+        return object_members(raw) or {}
+    except msgspec.DecodeError:
         return {}
-    return value
 
 
 def _struct(name: str, tree: dict[str, Any]) -> tuple[type, dict[str, Any]]:
@@ -175,9 +189,21 @@ def _getter(path: tuple[str, ...], attrs: dict[str, Any]) -> Callable[[Any], Any
     return get
 
 
-def _lookup(obj: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(obj, dict):
+def _lookup(top: dict[str, Raw], path: tuple[str, ...]) -> Any:
+    """The value at `path` in an event split into raw members, one level at a time; None if it cannot be read."""
+    node: dict[str, Raw] | None = top
+    for key in path[:-1]:
+        raw = node.get(key) if node is not None else None
+        if raw is None:
             return None
-        obj = obj.get(key)
-    return obj
+        try:
+            node = object_members(raw)
+        except msgspec.DecodeError:
+            return None
+    raw = node.get(path[-1]) if node is not None else None
+    if raw is None:
+        return None
+    try:
+        return _ANY.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None

@@ -7,6 +7,10 @@ staging directory; the random part keeps keys unique even when the state directo
 a node name), `{node}` is the node name, and any other `{name}` comes from `key_fields` or else from the first
 event's top-level string field of that name (`enrich.static_fields: {cluster_id: …}` puts one there).
 
+Any valid JSON object gets a key: an event nested deeper than msgspec goes is read member by member
+(`object_members`, which never recurses), and a time or field that cannot be read counts as absent (a
+time out of the calendar's range in UTC, a field that is not a string).
+
 The *partition* of a time is the value of the template's strftime directives (e.g. `2026|11|22|10` for
 `dt=%Y-%m-%d/hour=%H`): an object holds one partition, so objects also rotate when it changes.
 """
@@ -21,6 +25,7 @@ from urllib.parse import quote
 
 import msgspec
 
+from kube_audit_shipper.jsonscan import object_members
 from kube_audit_shipper.sinks.s3.config import BUILTIN_PLACEHOLDERS
 
 log = logging.getLogger(__name__)
@@ -38,12 +43,16 @@ class _Times(msgspec.Struct):
 
 
 _times = msgspec.json.Decoder(_Times)
+_time = msgspec.json.Decoder(datetime)
+_text = msgspec.json.Decoder(str)
 
 
 def event_time(record: bytes) -> datetime | None:
     """The event's stageTimestamp (else requestReceivedTimestamp, else v1beta1 timestamp) in UTC, or None."""
     try:
         t = _times.decode(record)
+    except RecursionError:  # nested deeper than msgspec goes (it cannot skip the bodies): member by member
+        t = _times_of(record)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     ts = t.stageTimestamp or t.requestReceivedTimestamp or t.timestamp
@@ -51,7 +60,35 @@ def event_time(record: bytes) -> datetime | None:
         return None
     if ts.tzinfo is None:
         return ts.replace(tzinfo=timezone.utc)
-    return ts.astimezone(timezone.utc)
+    try:
+        return ts.astimezone(timezone.utc)
+    except OverflowError:  # year 1 or 9999 in a zone that moves it out of range
+        return None
+
+
+def _times_of(record: bytes) -> _Times:
+    try:
+        top = object_members(record) or {}
+    except msgspec.DecodeError:
+        top = {}
+    found: dict[str, datetime] = {}
+    for name in _Times.__struct_fields__:
+        raw = top.get(name)
+        if raw is not None:
+            try:
+                found[name] = _time.decode(raw)
+            except (msgspec.DecodeError, RecursionError):
+                continue
+    return _Times(**found)
+
+
+def _string(raw: msgspec.Raw | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return _text.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
 
 
 def safe_value(value: object) -> str:
@@ -124,12 +161,10 @@ class KeyTemplate:
         if not self.event_fields:
             return {}
         try:
-            event = msgspec.json.decode(record)
+            top = object_members(record) or {}
         except msgspec.DecodeError:
-            event = None
-        if not isinstance(event, dict):
-            event = {}
-        return {name: safe_value(event.get(name)) for name in self.event_fields}
+            top = {}
+        return {name: safe_value(_string(top.get(name))) for name in self.event_fields}
 
     def list_prefix(self) -> str:
         """The fixed start of every key this sink writes: where to look for its incomplete uploads."""

@@ -14,6 +14,10 @@ An event with a value over the per-value limit, or too big for one request, is t
 (`requestObject` and `responseObject` removed, `level` rewritten) and annotated under
 `annotations["kube-audit-shipper.io/truncated"]` with what was removed and why. Should a value still be too
 large, it is cut (marked at its end) and named in the annotation: the event is never lost.
+
+Any valid JSON object is shaped, however deep or odd: its top level is split without recursing
+(`object_members`, which falls back to an iterative scan past msgspec's nesting limit), and a value too deep
+to compact is stored as recorded (kube-apiserver writes compact JSON already).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import calendar
 import re
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 
+from kube_audit_shipper.jsonscan import object_members
 from kube_audit_shipper.sinks.sls import pb
 
 TRUNCATED_ANNOTATION = "kube-audit-shipper.io/truncated"
@@ -33,9 +39,7 @@ TIME_KEYS = ("stageTimestamp", "requestReceivedTimestamp", "timestamp")
 #: a value cut to fit ends with this (plus the count of bytes removed)
 CUT_MARK = "...[cut by kube-audit-shipper: {n} bytes]"
 
-_TOP = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _STR = msgspec.json.Decoder(str)
-_ANY = msgspec.json.Decoder()
 _ENC = msgspec.json.Encoder()
 _TS = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})?")
 _SECONDS_CACHE: dict[str, int] = {}
@@ -63,6 +67,8 @@ def parse_time(text: str) -> tuple[int, int] | None:
         if zone not in (None, "Z", "z"):
             sign = -1 if zone[0] == "-" else 1
             digits = zone[1:].replace(":", "")
+            if int(digits[:2]) > 23 or int(digits[2:]) > 59:  # no such zone (`+99:99`): not a timestamp
+                return None
             secs -= sign * (int(digits[:2]) * 3600 + int(digits[2:]) * 60)
         elif prefix is not None:
             if len(_SECONDS_CACHE) > 4096:
@@ -82,7 +88,10 @@ def raw_to_value(raw: bytes) -> bytes:
             return raw[1:-1]
         return _STR.decode(raw).encode()
     if first in (b"{", b"["):
-        return msgspec.json.format(raw, indent=-1)
+        try:
+            return msgspec.json.format(raw, indent=-1)
+        except RecursionError:  # nested deeper than msgspec goes: as recorded
+            return raw
     if first == b"n":
         return b""
     return raw  # numbers, true, false: their JSON text
@@ -104,9 +113,11 @@ class Shaped:
 def shape(record: bytes, *, now: float | None = None) -> Shaped:
     """Contents and time of one event record (one JSON object)."""
     try:
-        top = _TOP.decode(record)
+        top = object_members(record)
     except msgspec.DecodeError as exc:
         raise NotAnEvent(str(exc)) from exc
+    if top is None:
+        raise NotAnEvent("not a JSON object")
     contents: list[tuple[bytes, bytes]] = []
     times: dict[str, bytes] = {}
     longest = payload = 0
@@ -207,11 +218,11 @@ def _annotate(contents: list[tuple[bytes, bytes]], note: str, *, level_present: 
             contents[i] = (k, b"Metadata")
     for i, (k, v) in enumerate(contents):
         if k == b"annotations":
-            try:
-                ann = _ANY.decode(v) if v else {}
+            try:  # its members stay as they are (raw): only the note is added
+                ann: dict[str, Any] | None = object_members(v) if v else {}
             except msgspec.DecodeError:
                 ann = None
-            if isinstance(ann, dict):
+            if ann is not None:
                 ann[TRUNCATED_ANNOTATION] = note
                 contents[i] = (k, _ENC.encode(ann))
                 return
