@@ -1,0 +1,1 @@
+"""What every HTTP sink and alert target shares: the client, the TLS/auth/timeout config block, send-rate windows."""
