@@ -14,7 +14,7 @@ checkpointed, so it is read again at the next start. A second signal stops at on
 from __future__ import annotations
 
 import asyncio
-import fcntl
+import contextlib
 import functools
 import logging
 import os
@@ -34,15 +34,22 @@ from kube_audit_shipper.delivery.budget import ByteBudget
 from kube_audit_shipper.delivery.config import RetryConfig
 from kube_audit_shipper.delivery.engine import SinkRunner
 from kube_audit_shipper.delivery.spool import Spool
-from kube_audit_shipper.errors import StateError
+from kube_audit_shipper.durable import ensure_dir, lock_exclusive
+from kube_audit_shipper.errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, StateError
 from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.obs.metrics import Metrics
 from kube_audit_shipper.obs.server import ObsServer
+from kube_audit_shipper.obs.state_writes import StateWrites, describe
 from kube_audit_shipper.process.decode import LineProcessor, Transform
+from kube_audit_shipper.process.detect.build import build_engine
+from kube_audit_shipper.process.detect.engine import DetectionEngine
 from kube_audit_shipper.sinks.registry import build_sink
 from kube_audit_shipper.source.tailer import Tailer
+from kube_audit_shipper.stopping import StopClock
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_RETRY_MAX_S = 30.0  # backoff cap between checkpoint writes the state directory refuses
 
 
 def _left(deadline: float | None) -> float | None:
@@ -50,15 +57,16 @@ def _left(deadline: float | None) -> float | None:
 
 
 def lock_state_dir(state_dir: Path) -> int:
-    """Hold an exclusive lock on state_dir for the life of the process: one agent per state."""
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Hold an exclusive lock on state_dir for the life of the process: one agent per state. A state_dir
+    that cannot be created or written is a StateError (one clear line, exit code 2), not a traceback."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        ensure_dir(state_dir, 0o700)
+        return lock_exclusive(state_dir / "lock")
     except BlockingIOError:
-        os.close(fd)
         raise StateError(f"{state_dir} is in use by another kube-audit-shipper process (lock held on {state_dir / 'lock'})") from None
-    return fd
+    except OSError as exc:
+        where = exc.filename or state_dir
+        raise StateError(f"state_dir {state_dir} cannot be used: {where}: {describe(exc)}; the agent needs a writable state directory") from None
 
 
 def build_transform(cfg: Config) -> Transform | None:
@@ -78,13 +86,29 @@ def build_transform(cfg: Config) -> Transform | None:
     return _build(policy, cfg.enrich, node_name=cfg.node, decision_cache_size=cfg.policy.decision_cache_size)
 
 
+def build_detection(cfg: Config) -> DetectionEngine | None:
+    """The detection engine of the config's `detect:` section, or None when detection is off.
+
+    Raises RulesError (a ConfigError) listing every problem of the rule files with its file and key path."""
+    if not cfg.detect.enabled:
+        return None
+    derived = cfg.enrich.derived
+    engine, _ = build_engine(cfg.detect, shared_admin_users=derived.shared_admin_users, system_user_prefixes=derived.system_user_prefixes)
+    return engine
+
+
 class Agent:
-    def __init__(self, cfg: Config, *, metrics: Metrics | None = None, sinks: list[Any] | None = None, notifier: Any = None) -> None:
+    def __init__(
+        self, cfg: Config, *, metrics: Metrics | None = None, sinks: list[Any] | None = None, notifier: Any = None, scrub: Callable[[str], str] | None = None
+    ) -> None:
         self.cfg = cfg
+        self.scrub = scrub  # masks config secrets (and secret-looking text) in what the agent stores, e.g. dead-letter reasons
+        self.state_writes = StateWrites()
         self.metrics = metrics or Metrics()
         self.notifier = notifier  # kube_audit_shipper.systemd.Notifier (READY, WATCHDOG, STATUS), or None
         self._sinks_override = sinks
         self.stop_event = asyncio.Event()
+        self.force_stop = asyncio.Event()  # a second stop request: stop waiting for anything
         self.ready = False
         self.started = time.monotonic()
         self.tailer: Tailer | None = None
@@ -92,6 +116,7 @@ class Agent:
         self.ledger: Ledger | None = None
         self._runner_tasks: dict[SinkRunner, asyncio.Task[None]] = {}
         self._retiring: set[asyncio.Task[None]] = set()  # runners replaced or removed by a reload, finishing
+        self._held: dict[str, asyncio.Queue[Chunk]] = {}  # sink name -> chunks waiting for its replacement runner
         self._failure: asyncio.Future[BaseException] | None = None
         self.restart_with: Config | None = None  # set when a reload needs a new pipeline after this one stops
         self.processor: LineProcessor | None = None
@@ -107,7 +132,13 @@ class Agent:
     def _build(self) -> None:
         cfg = self.cfg
         entries = self.store.load()
-        self.deadletter = DeadLetterStore(cfg.state_dir, max_bytes=cfg.deadletter.max_bytes, max_event_bytes=cfg.deadletter.max_event_bytes)
+        self.deadletter = DeadLetterStore(
+            cfg.state_dir,
+            max_bytes=cfg.deadletter.max_bytes,
+            max_event_bytes=cfg.deadletter.max_event_bytes,
+            state_writes=self.state_writes,
+            scrub=self.scrub,
+        )
         self.processor = LineProcessor(build_transform(cfg), self.deadletter)
         sinks = (
             self._sinks_override
@@ -149,8 +180,8 @@ class Agent:
         try:
             deadline = time.monotonic() + self.cfg.shutdown_timeout_s
             await runner.stop()
-            task = self._runner_tasks.pop(runner)
-            _, pending = await asyncio.wait([task], timeout=_left(deadline))
+            task = self._runner_tasks.pop(runner, None)
+            _, pending = await asyncio.wait([task], timeout=_left(deadline)) if task is not None else (set(), set())
             for t in pending:  # its batcher waits for a slot a failing request holds
                 t.cancel()
                 await asyncio.gather(t, return_exceptions=True)
@@ -178,7 +209,12 @@ class Agent:
     async def apply(self, new: Config, transform: Transform | None) -> bool:
         """Take a reloaded config while running. Unchanged sinks and the reader keep running.
         False when the change needs a new pipeline (state_dir, metrics, checkpoint, dead-letter,
-        node name): the caller restarts it from its checkpoint."""
+        node name): the caller restarts it from its checkpoint.
+
+        A changed sink is replaced without two runners ever writing it: the old runner delivers what it
+        has and closes its sink, chunks read meanwhile wait in order, and only then is the new sink built
+        (a file sink's recovery, a spool's lock) and given them. Returns once every changed or removed
+        sink is retired, so reloads are serialized (the caller coalesces the signals that come meanwhile)."""
         old = self.cfg
         keep = ("state_dir", "node_name", "metrics", "checkpoint", "deadletter")
         if any(getattr(old, k) != getattr(new, k) for k in keep) or self.tailer is None or self.processor is None or self.ledger is None:
@@ -187,22 +223,22 @@ class Agent:
         if new.input != old.input:
             self.tailer.reconfigure(new.input)
         if new.memory_limit_bytes != old.memory_limit_bytes:
-            self.budget.limit = new.memory_limit_bytes
-            self.budget.release(0)  # wake the reader if the limit went up
+            self.budget.limit = new.memory_limit_bytes  # wakes the reader if the limit went up
         old_by = {s.name: s for s in old.sinks}
         new_by = {s.name: s for s in new.sinks}
         changes = []
+        retiring = []
         for runner in list(self.runners):
             scfg = new_by.get(runner.name)
             if scfg is None:  # removed: checkpoints stop waiting for it once its batches in flight are done
                 self.runners.remove(runner)
-                self._spawn_retire(runner, then=functools.partial(self.ledger.remove_sink, runner.name))
+                retiring.append(self._spawn_retire(runner, then=functools.partial(self.ledger.remove_sink, runner.name)))
                 changes.append(f"-{runner.name}")
             elif scfg != old_by.get(runner.name) or new.batch_for(scfg) != old.batch_for(old_by.get(runner.name)):
-                # changed: a new runner takes the chunks from now on; the old one finishes what it has
-                fresh = self._make_runner(build_sink(scfg, node=new.node, state_dir=new.state_dir, input_paths=new.input.paths), scfg, new, open_spool=False)
-                self.runners[self.runners.index(runner)] = fresh
-                self._spawn_retire(runner, then=functools.partial(self._open_spool_and_start, fresh, scfg, new), replaced=True)
+                # changed: chunks read from now on wait for the new runner, built once the old one is done
+                self.runners.remove(runner)
+                self._held[runner.name] = asyncio.Queue()
+                retiring.append(self._spawn_retire(runner, then=functools.partial(self._replace, runner.name, scfg, new), replaced=True))
                 changes.append(f"~{runner.name}")
         for name, scfg in new_by.items():
             if name not in old_by:  # added: it gets the events read from now on
@@ -212,14 +248,20 @@ class Agent:
                 self._start_runner(fresh)
                 changes.append(f"+{name}")
         self.cfg = new
+        if retiring:
+            await asyncio.gather(*retiring)
         log.info("config applied while running", extra={"sinks": " ".join(changes) or "unchanged", "input_changed": new.input != old.input})
         return True
 
-    def _open_spool_and_start(self, runner: SinkRunner, scfg: Any, cfg: Config) -> None:
-        """The replaced runner released its spool: the new one opens it and starts."""
-        if runner in self.runners:
-            self._open_spool(runner, scfg, cfg)
-            self._start_runner(runner)
+    def _replace(self, name: str, scfg: Any, cfg: Config) -> None:
+        """The replaced runner closed its sink and its spool: build the new sink, hand it the chunks read
+        meanwhile (in order, with no await in between, so none is emitted past them) and start it."""
+        fresh = self._make_runner(build_sink(scfg, node=cfg.node, state_dir=cfg.state_dir, input_paths=cfg.input.paths), scfg, cfg, open_spool=True)
+        held = self._held.pop(name)
+        while not held.empty():
+            fresh.queue.put_nowait(held.get_nowait())
+        self.runners.append(fresh)
+        self._start_runner(fresh)
 
     def _make_runner(self, sink: Any, scfg: Any, cfg: Config, *, open_spool: bool) -> SinkRunner:
         assert self.ledger is not None and self.deadletter is not None
@@ -256,6 +298,8 @@ class Agent:
     async def _emit(self, chunk: Chunk) -> None:
         for runner in self.runners:
             runner.queue.put_nowait(chunk)
+        for held in self._held.values():  # a sink being replaced: its new runner takes these
+            held.put_nowait(chunk)
 
     # -- state for metrics and status ------------------------------------------------------------
     def metrics_state(self) -> dict[str, Any]:
@@ -276,7 +320,9 @@ class Agent:
             "bytes_behind": self.tailer.bytes_behind(),
             "checkpoint_writes": self.store.writes,
             "truncations": self.tailer.truncations,
-            "read_errors": self.tailer.read_errors,
+            "read_errors": dict(self.tailer.read_errors),
+            "lost_files": self.tailer.lost_files,
+            "lost_bytes": self.tailer.lost_bytes,
             "backpressure_waits": self.budget.waits,
             "deadletter_evicted": self.deadletter.evicted_records,
             "inflight_bytes": self.budget.in_use,
@@ -291,6 +337,7 @@ class Agent:
             "spool_full_waits": {r.name: r.spool_full_waits for r in self.runners if r.spool is not None},
             "sink_families": [r.sink.metric_families for r in self.runners if hasattr(r.sink, "metric_families")],
             "checkpoint_age_s": time.time() - self.store.last_write if self.store.last_write else 0.0,
+            "state_write_errors": dict(self.state_writes.errors),
         }
 
     def healthy(self) -> bool:
@@ -305,18 +352,70 @@ class Agent:
         deadletter = self.deadletter
 
         def _write() -> None:
-            deadletter.sync()  # records for lines the checkpoint moves past are durable first
-            self.store.save(snapshot, generation)
+            deadletter.sync()  # records for lines the checkpoint moves past are durable first; raises if not
+            try:
+                self.store.save(snapshot, generation)
+            except OSError as exc:
+                self.state_writes.failed("checkpoint", self.store.path, exc)
+                raise
+            self.state_writes.ok("checkpoint")
 
         await asyncio.to_thread(_write)
 
+    async def _finish(self, runner: SinkRunner, clock: StopClock) -> int:
+        """A runner's batches in flight (and with --once its spool) delivered, within what the clock allows;
+        past it they are spooled or abandoned. Returns the batches abandoned."""
+        if clock.draining:
+            task = asyncio.get_running_loop().create_task(runner.finish(None, drain_spool=True))
+            if not await clock.wait({task}):
+                return task.result()
+            task.cancel()  # a stop was requested while draining: what is left gets the bounded stop below
+            await asyncio.gather(task, return_exceptions=True)
+        return await runner.finish(clock.left())
+
+    def _once_result(self, once: bool, *, complete: bool) -> int:
+        """`run --once` exits EXIT_INCOMPLETE when it did not ship everything the inputs held: stopped by a
+        signal, batches left undelivered, or an input that could not be read."""
+        if not once:
+            return EXIT_OK
+        assert self.tailer is not None
+        if self.tailer.ever_unreadable:
+            log.error("run --once: some inputs could not be read; their events were not shipped", extra={"paths": sorted(self.tailer.unreadable)})
+            return EXIT_INCOMPLETE
+        if not complete:
+            log.error("run --once: stopped before everything read was shipped; the rest is read again at the next start")
+            return EXIT_INCOMPLETE
+        return EXIT_OK
+
+    async def _first_checkpoint(self) -> bool:
+        """Write the checkpoint of the first scan before anything is read, retrying with backoff while the
+        state directory refuses it. False if a stop came first (nothing was read)."""
+        delay = self.cfg.checkpoint.flush_interval_ms / 1000
+        while True:
+            try:
+                await self.write_checkpoint()
+                return True
+            except OSError:  # counted and logged by state_writes
+                pass
+            with contextlib.suppress(asyncio.TimeoutError):  # (not the builtin TimeoutError before Python 3.11)
+                await asyncio.wait_for(self.stop_event.wait(), delay)
+                return False
+            delay = min(CHECKPOINT_RETRY_MAX_S, delay * 2)
+
     async def _checkpoint_loop(self) -> None:
+        """Write checkpoints every flush interval. A write the state directory refuses is retried with
+        backoff (up to 30 s apart); the last durable checkpoint stays as it was meanwhile."""
         interval = self.cfg.checkpoint.flush_interval_ms / 1000
+        delay = interval
         last_status = 0.0
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(delay)
             self._last_loop_tick = time.monotonic()
-            await self.write_checkpoint()
+            try:
+                await self.write_checkpoint()
+                delay = interval
+            except OSError:  # counted and logged by state_writes
+                delay = min(CHECKPOINT_RETRY_MAX_S, max(interval, delay * 2))
             if self.notifier is not None:
                 self.notifier.watchdog()  # only from here: a stuck loop stops the pings and systemd restarts us
                 if self._last_loop_tick - last_status >= 5:
@@ -332,8 +431,9 @@ class Agent:
         return f"read {s['events_read']}, shipped {shipped}, {behind} bytes behind" + (f"; sinks: {', '.join(trouble)}" if trouble else "")
 
     def readiness(self) -> bool:
-        """Ready: the pipeline runs and no sink has been blocked longer than 5 minutes."""
-        if not self.ready:
+        """Ready: the pipeline runs, the state directory takes writes, and no sink has been blocked longer
+        than 5 minutes."""
+        if not self.ready or self.state_writes.failing() or (self.tailer is not None and self.tailer.unreadable):
             return False
         now = time.monotonic()
         return all((r.blocked_since is None or now - r.blocked_since < 300) and getattr(r.sink, "blocked_for_s", lambda: 0.0)() < 300 for r in self.runners)
@@ -348,11 +448,13 @@ class Agent:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: stop reading and finish in-flight batches within shutdown_timeout_s (also in
+        `run --once`, which otherwise waits for everything). A second request stops waiting at once; what
+        was not delivered stays unacknowledged (read again at the next start) or goes to the spool."""
         if self.stop_event.is_set():
-            log.warning("second stop signal: exiting without waiting for in-flight batches")
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            if not self.force_stop.is_set():
+                log.warning("second stop signal: not waiting any longer; batches not delivered are read again at the next start")
+                self.force_stop.set()
             return
         log.info("stopping: no more reads; finishing in-flight batches", extra={"timeout_s": self.cfg.shutdown_timeout_s})
         self.stop_event.set()
@@ -374,7 +476,8 @@ class Agent:
             # the first scan decides first-start offsets (start_at, backfill_rotated): make them durable
             # before anything is read, so a crash now cannot make the next start a "first start" again
             self.tailer.scan()
-            await self.write_checkpoint()
+            if not await self._first_checkpoint():  # stopped while the state directory refused it: nothing was read
+                return self._once_result(once, complete=False)
             self._failure = loop.create_future()
             for r in self.runners:
                 self._start_runner(r)
@@ -391,33 +494,38 @@ class Agent:
             if self._failure.done():
                 raise self._failure.result()
             tail_task.result()
-            await self.write_checkpoint()  # the first-start offsets and whatever is acknowledged so far
+            with contextlib.suppress(OSError):  # counted and logged; the final write below tries again
+                await self.write_checkpoint()  # whatever is acknowledged so far
             for r in self.runners:
                 await r.stop()
-            drain = once and not self.stop_event.is_set()  # --once: wait for every sink, spools included
-            deadline = None if drain else time.monotonic() + self.cfg.shutdown_timeout_s
+            # --once waits for every sink, spools included, until a stop is requested; then (and for `run`)
+            # the stop is bounded by shutdown_timeout_s, and a second request ends every wait
+            clock = StopClock(self.stop_event, self.force_stop, self.cfg.shutdown_timeout_s, drain=once and not self.stop_event.is_set())
             if self._retiring:
-                await asyncio.wait(self._retiring, timeout=_left(deadline))
-            runner_tasks = list(self._runner_tasks.values())
-            _, pending = await asyncio.wait(runner_tasks, timeout=_left(deadline)) if runner_tasks else (set(), set())
+                await clock.wait(self._retiring)
+            pending = await clock.wait(set(self._runner_tasks.values()))
             for t in pending:  # a batcher stuck handing off (spool full, no free slot)
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             abandoned = 0
             for r in self.runners:
-                abandoned += await r.finish(_left(deadline), drain_spool=drain)
+                abandoned += await self._finish(r, clock)
             if abandoned or pending:
                 log.warning(
-                    "shutdown timeout: batches not delivered are left unacknowledged; they are read again at the next start",
-                    extra={"batches": abandoned, "sinks": [t.get_name() for t in pending]},
+                    "stopping: batches not delivered in time are left unacknowledged; they are read again at the next start",
+                    extra={"batches": abandoned, "sinks": [r.name for r, t in self._runner_tasks.items() if t in pending]},
                 )
             for r in self.runners:
                 if hasattr(r.sink, "shutdown_timeout_s"):  # the S3 sink uploads what it staged, within the time left
-                    r.sink.shutdown_timeout_s = None if drain else _left(deadline)
+                    r.sink.shutdown_timeout_s = clock.left()
                 await r.sink.aclose()
             self._sinks_closed = True
-            await self.write_checkpoint()
-            return 0
+            try:
+                await self.write_checkpoint()
+            except OSError:
+                log.error("the final checkpoint could not be written: what was acknowledged since the last one is read and sent again at the next start")
+                return EXIT_FAILED
+            return self._once_result(once, complete=not (abandoned or pending or self.stop_event.is_set()))
         finally:
             for t in background:
                 t.cancel()

@@ -10,11 +10,14 @@ Struct's `__post_init__` raise ValueError/TypeError, reported at that Struct's p
 from __future__ import annotations
 
 import json
+import re
 import types
 import typing
 from typing import Any, Union
 
 import msgspec
+
+from kube_audit_shipper.obs.logs import Scrubber
 
 _MISSING = object()
 
@@ -30,9 +33,17 @@ def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def _got(value: Any) -> str:
+def _last_key(path: str) -> str:
+    return re.split(r"[.\[]", path)[-1]
+
+
+def _got(value: Any, path: str = "") -> str:
+    """The offending value as an error shows it; never the value of a key that names a secret, whatever
+    its type (a secret given as a number is still a secret)."""
     if value is None:
         return "null"
+    if Scrubber.is_secret_key(_last_key(path)):
+        return f"a value of type {type(value).__name__} (hidden: the key names a secret)"
     try:
         text = json.dumps(value, default=str)
     except (TypeError, ValueError):
@@ -93,7 +104,7 @@ def _leaf(data: Any, tp: Any, path: str, errors: list[str]) -> Any:
                 return msgspec.convert(data, tp, strict=False)
             except msgspec.ValidationError:
                 pass
-        errors.append(f"{path or '<root>'}: expected {describe(tp)}, got {_got(data)}")
+        errors.append(f"{path or '<root>'}: expected {describe(tp)}, got {_got(data, path)}")
         return _MISSING
 
 
@@ -106,7 +117,7 @@ def _tagged_union(data: Any, members: list[type], path: str, errors: list[str]) 
     tag_field = _struct_tag_field(members[0])
     by_tag = {m.__struct_config__.tag: m for m in members}  # type: ignore[attr-defined]
     if not isinstance(data, dict):
-        errors.append(f"{path}: expected mapping, got {_got(data)}")
+        errors.append(f"{path}: expected mapping, got {_got(data, path)}")
         return _MISSING
     tag = data.get(tag_field, _MISSING)
     if tag is _MISSING:
@@ -124,7 +135,7 @@ def _struct(data: Any, cls: type, path: str, errors: list[str]) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        errors.append(f"{path or '<root>'}: expected mapping, got {_got(data)}")
+        errors.append(f"{path or '<root>'}: expected mapping, got {_got(data, path)}")
         return _MISSING
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
@@ -176,7 +187,7 @@ def _convert(data: Any, tp: Any, path: str, errors: list[str]) -> Any:
         return _leaf(data, tp, path, errors)
     if origin is list:
         if not isinstance(data, list):
-            errors.append(f"{path}: expected {describe(tp)}, got {_got(data)}")
+            errors.append(f"{path}: expected {describe(tp)}, got {_got(data, path)}")
             return _MISSING
         (item_tp,) = typing.get_args(base)
         before = len(errors)
@@ -186,7 +197,7 @@ def _convert(data: Any, tp: Any, path: str, errors: list[str]) -> Any:
         return _leaf(items, tp, path, errors) if metas else items
     if origin is dict:
         if not isinstance(data, dict):
-            errors.append(f"{path}: expected mapping, got {_got(data)}")
+            errors.append(f"{path}: expected mapping, got {_got(data, path)}")
             return _MISSING
         key_tp, val_tp = typing.get_args(base)
         before = len(errors)

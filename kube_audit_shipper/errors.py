@@ -3,11 +3,17 @@
 AgentError                      base; `cli` maps it to an exit code
 ├── ConfigError                 config file invalid: carries every problem found (exit 2)
 ├── PolicyError                 audit Policy file invalid: carries every problem found (exit 2)
-├── StateError                  state_dir unusable (permissions, corrupt checkpoint that cannot be recovered)
+├── StateError                  state_dir unusable: missing and not creatable, read-only, locked, corrupt (exit 2)
 └── MalformedEventError         one input line is not an audit event (dead-lettered, never fatal)
 """
 
 from __future__ import annotations
+
+# Exit codes of the command line (README "Exit codes"): what a script or systemd can tell apart.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the agent failed (a bug, or a final checkpoint it could not write)
+EXIT_INVALID = 2  # the operator must fix something first: config, policy, or a state_dir that cannot be used
+EXIT_INCOMPLETE = 3  # `run --once`: stopped before everything was shipped, or an input could not be read
 
 
 class AgentError(Exception):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from kube_audit_shipper.app import Agent, build_transform
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 
 
 class Service:
-    def __init__(self, config_path: str, cfg: Config, *, notifier: Any = None) -> None:
+    def __init__(self, config_path: str, cfg: Config, *, notifier: Any = None, scrub: Callable[[str], str] | None = None) -> None:
+        self.scrub = scrub
         self.config_path = config_path
         self.cfg = cfg
         self.notifier = notifier
@@ -40,6 +42,7 @@ class Service:
         self.agent: Agent | None = None
         self._next_cfg: Config | None = None
         self._reload_lock = asyncio.Lock()
+        self._reload_requested = asyncio.Event()  # SIGHUPs that arrive during a reload make one more, not many
         self._stopping = False
 
     def _notify(self, method: str, *args: Any) -> None:
@@ -60,6 +63,13 @@ class Service:
                 return False
             agent = self.agent
             assert agent is not None
+            if self._stopping:  # SIGTERM came while the file was read: no reload, no restart
+                return False
+            if self._next_cfg is not None or agent.stop_event.is_set():  # a restart is under way: it takes the newest file
+                self._next_cfg = new
+                self.metrics.config_reloads.labels("restarted").inc()
+                self._notify("ready")
+                return True
             if await agent.apply(new, transform):
                 self.cfg = new
                 self.metrics.config_reloads.labels("applied").inc()
@@ -76,10 +86,11 @@ class Service:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop)
         loop.add_signal_handler(signal.SIGINT, self._stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
+        reloads = loop.create_task(self._reload_on_request(), name="reloads")
         try:
             while True:
-                self.agent = Agent(self.cfg, metrics=self.metrics, notifier=self.notifier)
+                self.agent = Agent(self.cfg, metrics=self.metrics, notifier=self.notifier, scrub=self.scrub)
                 rc = await self.agent.run(once=once, install_signals=False)
                 if self._next_cfg is None and self.agent.restart_with is not None and not self._stopping:
                     self._next_cfg = self.agent.restart_with
@@ -88,8 +99,24 @@ class Service:
                     return rc
                 self.cfg, self._next_cfg = self._next_cfg, None
         finally:
+            reloads.cancel()
+            await asyncio.gather(reloads, return_exceptions=True)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    async def _reload_on_request(self) -> None:
+        """One reload at a time: a reload waits until a changed sink's old runner is done, and the SIGHUPs
+        that arrive meanwhile are coalesced into one more reload of the file as it is then."""
+        while True:
+            await self._reload_requested.wait()
+            self._reload_requested.clear()
+            if self._stopping:
+                continue
+            try:
+                await self.reload()
+            except Exception:  # a bug in applying must not end reloads; the running config stays
+                self.metrics.config_reloads.labels("failed").inc()
+                log.exception("reload failed; the running config stays in effect")
 
     def _stop(self) -> None:
         self._stopping = True

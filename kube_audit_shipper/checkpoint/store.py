@@ -16,13 +16,13 @@ temp file, fsync, rename over the old file, fsync of the directory. The absence 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 
 import msgspec
 
+from kube_audit_shipper.durable import ensure_dir, write_atomic
 from kube_audit_shipper.errors import StateError
 from kube_audit_shipper.source.identity import Fingerprint
 
@@ -39,6 +39,8 @@ class Entry(msgspec.Struct, kw_only=True):
     offset: int = 0
     complete: bool = False
     gone_since: float | None = None
+    size: int = 0  # last size seen on disk (plain files; 0 for gzip): what is lost if it goes before it is read
+    lost: bool = False  # it went from disk before it was read to its end (reported and counted once)
 
     @property
     def fingerprint(self) -> Fingerprint:
@@ -53,29 +55,6 @@ class _File(msgspec.Struct, kw_only=True):
     version: int
     written_at: float
     files: list[Entry]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash leaves either the old or the new content."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 class CheckpointStore:
@@ -117,7 +96,7 @@ class CheckpointStore:
                 return False
             self._generation = generation
             doc = b'{"version":%d,"written_at":%.3f,"files":%s}' % (VERSION, time.time(), body)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            ensure_dir(self.path.parent, 0o700)
             write_atomic(self.path, doc)
             self._last = body
             self.writes += 1

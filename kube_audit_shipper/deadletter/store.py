@@ -18,31 +18,54 @@ replayed record's id ("<segment>:<line>") is appended to `replayed.txt` and no l
 from __future__ import annotations
 
 import base64
+import errno
+import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from kube_audit_shipper.checkpoint.store import fsync_dir
+from kube_audit_shipper.durable import append_all, ensure_dir, fsync_dir
+from kube_audit_shipper.obs.logs import Scrubber
+from kube_audit_shipper.obs.state_writes import StateWrites
+
+log = logging.getLogger(__name__)
 
 VERSION = 1
+MAX_REASON_CHARS = 2000  # a backend may answer with a whole page; the reason keeps its start
 REPLAYED = "replayed.txt"  # ids of records sent again by `deadletter replay`, one per line
 
 
 class DeadLetterStore:
-    def __init__(self, state_dir: str | Path, *, max_bytes: int, max_event_bytes: int) -> None:
+    """Appends records; never raises for a failed write. A record that cannot be written yet (a full or
+    read-only state_dir) stays in memory, `writable` turns False (the reader then waits before reading
+    more: `flush` is retried with backoff), and `sync` raises, so no checkpoint moves past lines whose
+    dead letters are not durable. When the disk takes writes again, everything held is written in order."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        max_bytes: int,
+        max_event_bytes: int,
+        state_writes: StateWrites | None = None,
+        scrub: Callable[[str], str] | None = None,
+    ) -> None:
         self.dir = Path(state_dir) / "deadletter"
         self.max_bytes = max_bytes
         self.segment_bytes = max(1 << 20, max_bytes // 8)
         self.max_event_bytes = max_event_bytes
+        self._state_writes = state_writes or StateWrites()
+        self._scrub = scrub or Scrubber().text  # a backend's reason may echo request headers or tokens
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._seg_size = 0
         self._dirty = False
+        self._pending: list[bytes] = []  # encoded records not yet written (the disk refused them)
         self._encoder = msgspec.json.Encoder()
         self.evicted_records = 0
         self.records = 0
@@ -54,10 +77,10 @@ class DeadLetterStore:
             return []
 
     def _open_segment(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        ensure_dir(self.dir, 0o700)
         segs = self._segments()
         seq = int(segs[-1].stem) + 1 if segs else 1
-        self._fd = os.open(self.dir / f"{seq:020d}.ndjson", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = os.open(self.dir / f"{seq:020d}.ndjson", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._seg_size = 0
         fsync_dir(self.dir)
 
@@ -72,6 +95,7 @@ class DeadLetterStore:
             oldest.unlink()
 
     def add(self, *, reason: str, sink: str | None, path: str | None, offset: int | None, length: int | None, event: bytes | None) -> None:
+        reason = self._scrub(reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 3] + "...")
         record: dict[str, Any] = {"v": VERSION, "time": round(time.time(), 3), "sink": sink, "reason": reason}
         if path is not None:
             record["source"] = {"path": path, "offset": offset, "length": length}
@@ -82,30 +106,70 @@ class DeadLetterStore:
                 record["event_b64"] = base64.b64encode(event).decode("ascii")
         line = self._encoder.encode(record) + b"\n"
         with self._lock:
-            if self._fd is None or self._seg_size >= self.segment_bytes:
-                if self._fd is not None:
-                    os.fsync(self._fd)
-                    os.close(self._fd)
-                self._open_segment()
-                self._evict()
-            assert self._fd is not None
-            os.write(self._fd, line)
-            self._seg_size += len(line)
-            self._dirty = True
+            self._pending.append(line)
             self.records += 1
+            self._write_pending()
+
+    def _write_pending(self) -> bool:
+        """Under _lock: write what is held, in order. False (and the failure recorded) if the disk refused."""
+        try:
+            while self._pending:
+                line = self._pending[0]
+                if self._fd is None or self._seg_size >= self.segment_bytes:
+                    if self._fd is not None:
+                        os.fsync(self._fd)
+                        os.close(self._fd)
+                        self._fd = None
+                    self._open_segment()
+                    self._evict()
+                assert self._fd is not None
+                append_all(self._fd, line)
+                self._pending.pop(0)
+                self._seg_size += len(line)
+                self._dirty = True
+        except OSError as exc:
+            self._state_writes.failed("deadletter", self.dir, exc)
+            return False
+        self._state_writes.ok("deadletter")
+        return True
+
+    @property
+    def writable(self) -> bool:
+        """Nothing is held back: every record added so far has been written."""
+        return not self._pending
+
+    def flush(self) -> bool:
+        """Try again to write what is held; True when nothing is held any more."""
+        with self._lock:
+            return self._write_pending()
 
     def sync(self) -> None:
+        """Make every record added so far durable; raises OSError when that cannot be done now."""
         with self._lock:
+            if not self._write_pending():
+                raise OSError(errno.EAGAIN, f"{len(self._pending)} dead-letter record(s) held in memory: the state directory refuses writes")
             if self._fd is not None and self._dirty:
-                os.fsync(self._fd)
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    self._state_writes.failed("deadletter", self.dir, exc)
+                    raise
                 self._dirty = False
 
     def close(self) -> None:
         with self._lock:
+            self._write_pending()
             if self._fd is not None:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
+                try:
+                    os.fsync(self._fd)
+                finally:
+                    os.close(self._fd)
+                    self._fd = None
+            if self._pending:  # not lost: their lines are not covered by any checkpoint, so they are read again
+                log.error(
+                    "dead-letter records could not be written before exit; the lines they stand for are read again at the next start",
+                    extra={"records": len(self._pending), "dir": str(self.dir)},
+                )
 
     def iter_records(self, *, include_replayed: bool = True) -> Iterator[dict[str, Any]]:
         """Every stored record, oldest first, with its `id` ("<segment>:<line>"); a torn last line
@@ -121,8 +185,11 @@ class DeadLetterStore:
                         record = msgspec.json.decode(line)
                     except msgspec.DecodeError:
                         continue
-                    record["id"] = rid
-                    yield record
+                    if isinstance(record, dict):
+                        if isinstance(record.get("reason"), str):  # records written before reasons were scrubbed
+                            record["reason"] = self._scrub(record["reason"])
+                        record["id"] = rid
+                        yield record
 
     def replayed_ids(self) -> set[str]:
         try:
@@ -132,10 +199,10 @@ class DeadLetterStore:
 
     def mark_replayed(self, ids: list[str]) -> None:
         """Record (durably) that these records were sent again."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / REPLAYED, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        ensure_dir(self.dir, 0o700)
+        fd = os.open(self.dir / REPLAYED, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, "".join(i + "\n" for i in ids).encode())
+            append_all(fd, "".join(i + "\n" for i in ids).encode())
             os.fsync(fd)
         finally:
             os.close(fd)

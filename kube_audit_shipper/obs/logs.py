@@ -41,7 +41,7 @@ MASK = "***"
 # `key=value` / `"key": "value"` in text, HTTP header names.
 _SECRET_WORDS = (
     r"secret|passw(?:or)?d|pwd|token|authorization|auth[_-]?header|hash[_-]?key|api[_-]?key|private[_-]?key"
-    r"|credential|cookie|signature|session[_-]?key|access[_-]?key[_-]?secret|security[_-]?token"
+    r"|credential|cookie|signature|session[_-]?key|access[_-]?key[_-]?(?:secret|id)|security[_-]?token|webhook[_-]?url"
 )
 _SECRET_KEY = re.compile(rf"(?i)(?:{_SECRET_WORDS})")
 
@@ -53,7 +53,7 @@ _KV = re.compile(
     (?P<key>[A-Za-z0-9_.\-]*(?:{_SECRET_WORDS})[A-Za-z0-9_.\-]*)
     (?P<kq>["']?)
     (?P<sep>[ \t]*[:=][ \t]*)
-    (?P<scheme>(?:bearer|basic|digest|negotiate|acs|aws4-hmac-sha256|token)[ \t]+)?
+    (?P<scheme>(?:bearer|basic|digest|negotiate|acs|log|aws4-hmac-sha256|token)[ \t]+)?
     (?P<value>"(?:[^"\\\n]|\\.)*"?|'(?:[^'\\\n]|\\.)*'?|[^\s"',;&}}\])]+)
     """
 )

@@ -87,7 +87,16 @@ class _StateCollector(Collector):
         yield g
         yield _counter("checkpoint_writes", "Checkpoint file writes", s["checkpoint_writes"])
         yield _counter("source_truncations", "Files found truncated (copytruncate) and read again from 0", s["truncations"])
-        yield _counter("source_read_errors", "Read errors on input files", s["read_errors"])
+        yield _counter("source_lost_files", "Input files deleted before they were read to their end (logged as errors)", s["lost_files"])
+        yield _counter("source_lost_bytes", "Unread bytes of those files (0 counted for a gzip file, whose size is not known)", s["lost_bytes"])
+        c = CounterMetricFamily(P + "source_read_errors", "Inputs that became unreadable (or were corrupt), by reason", labels=["reason"])
+        for reason in sorted({"permission_denied", "io_error", "corrupt", "other", *s["read_errors"]}):
+            c.add_metric([reason], s["read_errors"].get(reason, 0))
+        yield c
+        c = CounterMetricFamily(P + "state_write_errors", "Writes under state_dir that failed (kept and retried), by what was written", labels=["what"])
+        for what in ("checkpoint", "deadletter", "spool"):  # always exported, so an alert can use rate() from the first failure
+            c.add_metric([what], s["state_write_errors"].get(what, 0))
+        yield c
         yield _counter("reader_backpressure_waits", "Times the reader waited for memory to be freed by acknowledgements", s["backpressure_waits"])
         yield _counter("deadletter_evicted_records", "Dead-letter records removed to keep the store under max_bytes", s["deadletter_evicted"])
         yield GaugeMetricFamily(P + "memory_inflight_bytes", "Bytes of events read and not yet acknowledged by every sink", value=s["inflight_bytes"])

@@ -34,3 +34,12 @@ class InputConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
         ),
     ] = 200
     rescan_interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000, description="how often globs are re-evaluated")] = 5000
+    max_open_files: Annotated[
+        int,
+        msgspec.Meta(
+            ge=2,
+            le=65536,
+            description="input files held open at once; a file is opened as soon as it is found (an open file can still be read after "
+            "kube-apiserver deletes it), oldest first, up to this many",
+        ),
+    ] = 128

@@ -8,18 +8,30 @@ timestamp in the name) and the active file last, so events keep file order acros
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
-import logging
 import os
 import re
 from dataclasses import dataclass
 
 from kube_audit_shipper.source.identity import FileStat
 
-log = logging.getLogger(__name__)
-
 _TS = r"(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3})"
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An input the config selects that exists but cannot be read (listed, stat'ed or opened)."""
+
+    path: str
+    reason: str  # permission_denied, io_error, other
+    error: str  # the system's message
+
+    @staticmethod
+    def of(path: str, exc: OSError) -> Unreadable:
+        reason = {errno.EACCES: "permission_denied", errno.EPERM: "permission_denied", errno.EIO: "io_error"}.get(exc.errno or 0, "other")
+        return Unreadable(path, reason, exc.strerror or str(exc))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +62,24 @@ def split_backup(path: str) -> tuple[str, str] | None:
     return os.path.join(d, m.group("name") + (m.group("ext") or "")), m.group("ts")
 
 
-def _stat(path: str) -> FileStat | None:
+def _stat(path: str, problems: list[Unreadable]) -> FileStat | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        log.warning("cannot stat an input file; it is not read", extra={"path": path, "error": exc.strerror})
+        problems.append(Unreadable.of(path, exc))
         return None
     if not os.path.isfile(path):
         return None
     return FileStat(path=path, dev=st.st_dev, ino=st.st_ino, size=st.st_size, mtime=st.st_mtime)
 
 
-def discover(patterns: list[str], exclude: list[str]) -> list[Found]:
-    """Every readable file the config selects, with its family and rank; one entry per inode."""
+def discover(patterns: list[str], exclude: list[str], problems: list[Unreadable] | None = None) -> list[Found]:
+    """Every readable file the config selects, with its family and rank; one entry per inode. What exists
+    but cannot be listed or stat'ed (typically EACCES: kube-apiserver makes the audit directory 0700)
+    is appended to `problems`: the caller reports it, never silently."""
+    problems = [] if problems is None else problems
     actives: set[str] = set()
     backups: dict[str, tuple[str, str]] = {}
     for pattern in patterns:
@@ -86,10 +101,7 @@ def discover(patterns: list[str], exclude: list[str]) -> list[Found]:
         except FileNotFoundError:
             continue
         except OSError as exc:  # typically EACCES: kube-apiserver makes the audit directory 0700
-            log.warning(
-                "cannot list the audit log directory; rotated files there are not found (the agent needs read access: root, or CAP_DAC_READ_SEARCH)",
-                extra={"dir": d, "error": exc.strerror},
-            )
+            problems.append(Unreadable.of(d, exc))
             continue
         for name in names:
             m = regex.match(name)
@@ -100,7 +112,7 @@ def discover(patterns: list[str], exclude: list[str]) -> list[Found]:
     for path, family, rank in candidates:
         if any(fnmatch.fnmatch(path, x) or fnmatch.fnmatch(os.path.basename(path), x) for x in exclude):
             continue
-        st = _stat(path)
+        st = _stat(path, problems)
         if st is None:
             continue
         key = (st.dev, st.ino)

@@ -11,10 +11,11 @@ schedules. The reader waits while the memory budget is used up (backpressure, no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -24,12 +25,14 @@ from kube_audit_shipper.delivery.budget import ByteBudget
 from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.process.decode import LineProcessor
 from kube_audit_shipper.source.config import InputConfig
-from kube_audit_shipper.source.discover import Found, discover, watch_dirs
+from kube_audit_shipper.source.discover import Found, Unreadable, discover, watch_dirs
 from kube_audit_shipper.source.identity import FP_BYTES, Fingerprint, gzip_complete, is_gzip_fd, match_checkpoint, read_head
 from kube_audit_shipper.source.reader import CorruptInputError, LineReader
 from kube_audit_shipper.source.watch import ChangeHints
 
 log = logging.getLogger(__name__)
+
+DEADLETTER_RETRY_MAX_S = 30.0  # backoff cap while the state directory refuses dead-letter writes
 
 
 @dataclass(eq=False)
@@ -83,12 +86,20 @@ class Tailer:
         self.files: dict[int, TrackedFile] = {}
         self._next_fid = 1
         self.truncations = 0
-        self.read_errors = 0
+        self.read_errors: Counter[str] = Counter()  # inputs that became unreadable, by reason (and corrupt files)
+        self.unreadable: dict[str, Unreadable] = {}  # inputs that exist but cannot be read right now
+        self.ever_unreadable = False  # some input could not be read during this run (run --once reports it)
+        self._read_failing: dict[str, Unreadable] = {}  # open files whose last read failed
+        self._deferred: dict[tuple[int, int], Found] = {}  # found, not opened: max_open_files were open
+        self._scans = 0
+        self.lost_files = 0  # files deleted before they were read to their end
+        self.lost_bytes = 0  # their unread bytes (as far as known: gzip sizes are not)
         self.bytes_read = 0
         self.hints: ChangeHints | None = None
         self._last_rescan = 0.0
         self._oldest_backup: dict[str, str] = {}  # family -> path of its oldest backup on disk
         self._warned_at_risk: set[str] = set()
+        self._stop = asyncio.Event()  # run() gives the pipeline's
 
     # -- acknowledgements (called by the ledger, on the loop) ------------------------------------
     def on_advance(self, fid: int, offset: int) -> None:
@@ -125,7 +136,7 @@ class Tailer:
 
     def _unreadable(self, tf: TrackedFile, reason: str) -> None:
         """A file that cannot be read further: record where and why, count it, move on."""
-        self.read_errors += 1
+        self.read_errors["corrupt"] += 1
         log.error(
             "cannot read file further; its remaining content is recorded as a dead letter",
             extra={"path": tf.entry.path, "offset": tf.entry.offset, "reason": reason},
@@ -151,7 +162,8 @@ class Tailer:
         state, and its I/O is small (stat, open, reads of 1 KiB); seeking to a checkpoint in a gzip
         file, the one slow step, happens at the first read, in the reader's thread."""
         now = time.time()
-        found = discover(self.cfg.paths, self.cfg.exclude)
+        problems: list[Unreadable] = []
+        found = discover(self.cfg.paths, self.cfg.exclude, problems)
         self._oldest_backup = {}
         for f in found:  # sorted by (family, rank): the first backup of a family is its oldest
             if f.rank[0] == 0 and f.family not in self._oldest_backup:
@@ -168,6 +180,8 @@ class Tailer:
                 continue
             tf.on_disk = True
             tf.family, tf.rank, tf.size = seen_now.family, seen_now.rank, seen_now.stat.size
+            if not tf.entry.gzip:
+                tf.entry.size = seen_now.stat.size
             if tf.entry.path != seen_now.path:
                 log.info("file renamed", extra={"from": tf.entry.path, "to": seen_now.path})
                 tf.entry.path = seen_now.path
@@ -176,17 +190,39 @@ class Tailer:
                 del self.files[fid]
                 self.ledger.close(fid)
         claimed = {id(tf.entry) for tf in self.files.values()}
-        for f in sorted(by_inode.values(), key=lambda f: (f.family, f.rank)):
-            self._adopt(f, claimed)
-        self.first_start = False
+        deferred = self._deferred
+        self._deferred = {}
+        for f in sorted(by_inode.values(), key=lambda f: (f.family, f.rank)):  # oldest first: next to be deleted
+            if sum(1 for tf in self.files.values() if tf.fd is not None) >= self.cfg.max_open_files:
+                self._deferred[(f.stat.dev, f.stat.ino)] = f
+                continue
+            self._adopt(f, claimed, problems)
+        if self._deferred and not deferred:
+            log.warning("max_open_files input files are open; newer files are opened as others are read to their end", extra={"waiting": len(self._deferred)})
+        self._set_unreadable({**{p.path: p for p in problems}, **self._read_failing})
         seen = {(f.stat.dev, f.stat.ino) for f in found}
+        for key, f in deferred.items():
+            if key not in seen:
+                self._lost(f.path, f.stat.size, "deleted before it could be opened (max_open_files files were open)")
+        reading = {id(tf.entry) for tf in self.files.values() if not tf.done}
+        grace_s = 2 * self.cfg.rescan_interval_ms / 1000  # kube-apiserver gzips a backup before it removes it
         for e in list(self.entries):
             if (e.dev, e.ino) in seen:
                 e.gone_since = None
-            elif e.gone_since is None:
+                continue
+            if e.gone_since is None:
                 e.gone_since = now
-            elif now - e.gone_since > self.forget_after_s and id(e) not in {id(tf.entry) for tf in self.files.values() if not tf.done}:
+            if not e.complete and not e.lost and id(e) not in reading and (self._scans == 0 or now - e.gone_since >= grace_s):
+                e.lost = True
+                self._lost(
+                    e.path,
+                    max(0, e.size - e.offset),
+                    "deleted before it was read to its end" + (" (while the agent was not running)" if self._scans == 0 else ""),
+                )
+            elif now - e.gone_since > self.forget_after_s and id(e) not in reading:
                 self.entries.remove(e)
+        self.first_start = False
+        self._scans += 1
         self._last_rescan = time.monotonic()
         for path in self.at_risk():
             if path not in self._warned_at_risk:
@@ -197,14 +233,32 @@ class Tailer:
                     extra={"path": path, "bytes_behind": self.bytes_behind().get(path)},
                 )
 
-    def _adopt(self, f: Found, claimed: set[int]) -> None:
+    def _lost(self, path: str, unread_bytes: int, why: str) -> None:
+        """A file went from disk before it was read: its unread events cannot be shipped. Said and counted."""
+        self.lost_files += 1
+        self.lost_bytes += unread_bytes
+        log.error("input file lost: its unread events are not shipped", extra={"path": path, "unread_bytes": unread_bytes, "why": why})
+
+    def _set_unreadable(self, now: dict[str, Unreadable]) -> None:
+        """Inputs that cannot be read now: an error when one becomes unreadable (counted by reason), an
+        info line when it can be read again."""
+        for path, p in now.items():
+            if path not in self.unreadable:
+                self.read_errors[p.reason] += 1
+                self.ever_unreadable = True
+                log.error(
+                    "cannot read an input; its events are not shipped until it can be read (the agent needs read access: root, or CAP_DAC_READ_SEARCH)",
+                    extra={"path": path, "reason": p.reason, "error": p.error},
+                )
+        for path in set(self.unreadable) - set(now):
+            log.info("input readable again", extra={"path": path})
+        self.unreadable = now
+
+    def _adopt(self, f: Found, claimed: set[int], problems: list[Unreadable]) -> None:
         try:
             fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            log.warning(
-                "cannot open an input file; it is not read (the agent needs read access: root, or CAP_DAC_READ_SEARCH)",
-                extra={"path": f.path, "error": exc.strerror},
-            )
+            problems.append(Unreadable.of(f.path, exc))
             return
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != (f.stat.dev, f.stat.ino):  # replaced between stat and open: next scan
@@ -250,6 +304,8 @@ class Tailer:
             except OSError:
                 continue
             tf.size = st.st_size
+            if not tf.entry.gzip:
+                tf.entry.size = st.st_size
             if tf.entry.gzip:
                 continue
             if st.st_size < tf.reader.read_pos:
@@ -320,7 +376,8 @@ class Tailer:
         for tf in self.next_per_family():
             if tf.waiting:
                 continue
-            await self.budget.wait_for_room()
+            if not await self._memory_room() or not await self._deadletters_written():
+                return progressed
             if tf.fid not in self.files or tf.reader is None:  # truncated/closed while waiting
                 continue
             try:
@@ -328,11 +385,13 @@ class Tailer:
             except CorruptInputError as exc:
                 self._unreadable(tf, str(exc))
                 continue
-            except OSError as exc:
-                self.read_errors += 1
-                log.error("read error; will retry", extra={"path": tf.entry.path, "error": str(exc)})
+            except OSError as exc:  # nothing was consumed: the same chunk is read again at the next look
+                self._read_failing[tf.entry.path] = Unreadable.of(tf.entry.path, exc)
+                self._set_unreadable({**self.unreadable, **self._read_failing})
                 tf.waiting = True
                 continue
+            if self._read_failing.pop(tf.entry.path, None) is not None:
+                self._set_unreadable({k: v for k, v in self.unreadable.items() if k != tf.entry.path})
             if not tf.entry.fingerprint.full and tf.fd is not None:
                 self._refresh_fingerprint(tf)  # a mismatch is the poll's to handle (truncation)
             if chunk is not None:
@@ -343,6 +402,31 @@ class Tailer:
                 if tf.drained_at is not None:  # drained: the family's next file can be read now, not after an idle poll
                     progressed = True
         return progressed
+
+    async def _memory_room(self) -> bool:
+        """While the events in memory are at memory_limit_bytes, wait for acknowledgements, and keep
+        discovering meanwhile: a backup that appears is opened at once (within max_open_files), so
+        kube-apiserver deleting it later (--audit-log-maxbackup) does not lose it. False if a stop came."""
+        if self.budget.has_room():
+            return True
+        self.budget.waits += 1
+        while not self.budget.has_room():
+            if self._stop.is_set():
+                return False
+            await self._idle(self._stop, self.cfg.poll_interval_ms / 1000, self.budget.room)
+        return True
+
+    async def _deadletters_written(self) -> bool:
+        """While the dead-letter store holds records the state directory refused (a full disk), read
+        nothing more: retry its writes with backoff. False if a stop came first."""
+        deadletter = self.processor.deadletter
+        delay = 0.25
+        while not deadletter.writable and not await asyncio.to_thread(deadletter.flush):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return False
+            delay = min(DEADLETTER_RETRY_MAX_S, delay * 2)
+        return True
 
     async def _dispatch(self, tf: TrackedFile, chunk: Chunk) -> None:
         tf.emitted_end = chunk.end
@@ -390,6 +474,7 @@ class Tailer:
 
     # -- main loop -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
+        self._stop = stop
         self.scan()
         self.hints = ChangeHints(asyncio.get_running_loop(), watch_dirs(self.cfg.paths))
         if not once:
@@ -397,6 +482,8 @@ class Tailer:
         poll_s = self.cfg.poll_interval_ms / 1000
         try:
             while not stop.is_set():
+                if self._rescan_due():  # a long backlog is no reason to stop discovering
+                    self._look(True)
                 if await self.read_round():
                     continue
                 if once and self.caught_up():
@@ -408,10 +495,13 @@ class Tailer:
         finally:
             self.hints.stop()
 
-    async def _idle(self, stop: asyncio.Event, poll_s: float) -> None:
+    def _rescan_due(self) -> bool:
+        return self.hints is not None and (self.hints.rescan or time.monotonic() - self._last_rescan > self.cfg.rescan_interval_ms / 1000)
+
+    async def _idle(self, stop: asyncio.Event, poll_s: float, *also: asyncio.Event) -> None:
         assert self.hints is not None
         wake = self.hints.wake
-        waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
+        waiters = [asyncio.ensure_future(e.wait()) for e in (wake, stop, *also)]
         try:
             await asyncio.wait(waiters, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -420,12 +510,12 @@ class Tailer:
         wake.clear()
         if stop.is_set():
             return
-        rescan = self.hints.rescan or time.monotonic() - self._last_rescan > self.cfg.rescan_interval_ms / 1000
-        self.hints.rescan = False
-        self._look(rescan)
+        self._look(self._rescan_due())
 
     def _look(self, rescan: bool) -> None:
         if rescan:
+            assert self.hints is not None
+            self.hints.rescan = False
             self.scan()
         self.poll()
         for tf in self.files.values():

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import zstandard
 
-from kube_audit_shipper.checkpoint.store import fsync_dir
 from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Reply, Request, Retry
+from kube_audit_shipper.durable import fsync_dir
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
 
 log = logging.getLogger(__name__)

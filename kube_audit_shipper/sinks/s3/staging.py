@@ -32,7 +32,7 @@ from typing import Literal
 
 import zstandard
 
-from kube_audit_shipper.checkpoint.store import fsync_dir, write_atomic
+from kube_audit_shipper.durable import fsync_dir, write_atomic
 from kube_audit_shipper.sinks.s3.keys import KeyTemplate, format_seq
 
 log = logging.getLogger(__name__)
