@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kube_audit_shipper import __version__
-from kube_audit_shipper.errors import AgentError, ConfigError, PolicyError
+from kube_audit_shipper.errors import AgentError, ConfigError, PolicyError, StateError
 
 log = logging.getLogger("kube_audit_shipper")
 
@@ -27,6 +27,9 @@ examples:
   kube-audit-shipper run --once -c backfill.yaml        # ship what the files hold now, then exit
   kube-audit-shipper status -c /etc/kube-audit-shipper/config.yaml
   kube-audit-shipper policy check --policy /etc/kubernetes/audit-policy.yaml /var/log/kubernetes/audit/audit*.log*
+  kube-audit-shipper detect --json /var/log/kubernetes/audit/audit*.log*   # the alerts the agent would raise
+  kube-audit-shipper rules lint --policy /etc/kubernetes/audit-policy.yaml
+  kube-audit-shipper report /var/log/kubernetes/audit/audit*.log* -o audit-report.html --since 24h
 """
 
 
@@ -81,9 +84,26 @@ def _parser() -> argparse.ArgumentParser:
     dl_replay.add_argument("--sink", help="only records of this sink")
     dl_replay.add_argument("--id", dest="ids", action="append", help="only this record id (repeatable)")
 
-    from kube_audit_shipper.commands import sls_ensure
+    from kube_audit_shipper.commands import detect, report, rules, sls_ensure
 
     sls_ensure.add_parser(sub)
+    detect.add_arguments(
+        sub.add_parser(
+            "detect",
+            help="run the detection rules over recorded audit logs",
+            description="Evaluate the detection rules (built-in, --rules files, a config's detect: section) over recorded audit logs (plain or .gz), "
+            "in file order: the alerts the agent raises on the same events.",
+        )
+    )
+    rules.add_arguments(sub.add_parser("rules", help="list and lint detection rules", description="List the detection rules, or lint rule files and a Policy."))
+    report.add_arguments(
+        sub.add_parser(
+            "report",
+            help="one offline HTML report of recorded audit logs",
+            description="Read recorded audit logs (plain, .gz, or the file sink's .ndjson.zst) and write one self-contained HTML page: "
+            "overview, resource operations, who, cost and policy.",
+        )
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -118,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return _dispatch(args)
-    except (ConfigError, PolicyError) as exc:
+    except (ConfigError, PolicyError, StateError) as exc:  # the operator must fix something first: one line, exit 2
         print(f"kube-audit-shipper: {exc}", file=sys.stderr)
         return 2
     except AgentError as exc:
@@ -132,6 +152,8 @@ def _secrets(cfg: object) -> list[str]:
     """Values in the config that must never reach a log line (credentials, tokens, hash keys)."""
     import msgspec
 
+    from kube_audit_shipper.obs.logs import Scrubber
+
     found: list[str] = []
 
     def walk(node: object, key: str = "") -> None:
@@ -141,7 +163,7 @@ def _secrets(cfg: object) -> list[str]:
         elif isinstance(node, list):
             for v in node:
                 walk(v, key)
-        elif isinstance(node, str) and node and any(w in key.lower() for w in ("secret", "password", "token", "hash_key", "access_key")):
+        elif isinstance(node, str) and node and Scrubber.is_secret_key(key) and not key.endswith(("_file", "_env")):
             found.append(node)
 
     walk(msgspec.to_builtins(cfg))
@@ -151,9 +173,12 @@ def _secrets(cfg: object) -> list[str]:
 def _load(args: argparse.Namespace) -> Any:
     """Load args.config and register its secrets with the log scrubber."""
     from kube_audit_shipper.config import load
+    from kube_audit_shipper.sinks.alert_registry import secret_values
 
     cfg = load(args.config)
     args.scrubber.add_values(_secrets(cfg))
+    for target in cfg.alerts:  # a Slack webhook URL is its own credential
+        args.scrubber.add_values(secret_values(target))
     return cfg
 
 
@@ -161,10 +186,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "validate":
         cfg = _load(args)
-        from kube_audit_shipper.app import build_transform
+        from kube_audit_shipper.app import build_detection, build_transform
 
         build_transform(cfg)  # loads and validates the policy file too
-        print(f"{args.config}: OK ({len(cfg.sinks)} sink(s): {', '.join(s.name for s in cfg.sinks)})")
+        engine = build_detection(cfg)  # and every rule file: each error with its file and key path
+        rules = f", {len(engine.by_id)} detection rule(s)" if engine is not None else ", detection off"
+        targets = f", {len(cfg.alerts)} alert target(s)" if cfg.alerts else ""
+        print(f"{args.config}: OK ({len(cfg.sinks)} sink(s): {', '.join(s.name for s in cfg.sinks)}{rules}{targets})")
         return 0
     if args.command == "run":
         cfg = _load(args)
@@ -172,7 +200,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kube_audit_shipper.systemd import Notifier
 
         with Notifier.from_environ() as notifier:  # a no-op without NOTIFY_SOCKET
-            return asyncio.run(Service(args.config, cfg, notifier=notifier).run(once=args.once))
+            return asyncio.run(Service(args.config, cfg, notifier=notifier, scrub=args.scrubber.text).run(once=args.once))
     if args.command == "status":
         from kube_audit_shipper.commands.status import print_status
 
@@ -192,6 +220,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         from kube_audit_shipper.commands import sls_ensure
 
         return sls_ensure.run(args, sys.stdout)
+    if args.command == "detect":
+        from kube_audit_shipper.commands import detect
+
+        return detect.run(args, sys.stdout)
+    if args.command == "rules":
+        from kube_audit_shipper.commands import rules as rules_command
+
+        return rules_command.run(args, sys.stdout)
+    if args.command == "report":
+        from kube_audit_shipper.commands import report
+
+        return report.run(args, sys.stdout)
     if args.command == "demo":
         from kube_audit_shipper.commands.demo import run_demo
 

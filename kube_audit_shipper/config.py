@@ -20,8 +20,10 @@ from kube_audit_shipper.deadletter.config import DeadLetterConfig
 from kube_audit_shipper.delivery.config import BatchConfig
 from kube_audit_shipper.errors import ConfigError
 from kube_audit_shipper.obs.config import MetricsConfig
+from kube_audit_shipper.process.detect.config import DetectConfig
 from kube_audit_shipper.process.enrich.config import EnrichConfig
 from kube_audit_shipper.process.policy.config import PolicyConfig
+from kube_audit_shipper.sinks.alert_registry import AlertTargetConfig, name_problems
 from kube_audit_shipper.sinks.registry import SinkConfig
 from kube_audit_shipper.source.config import InputConfig
 
@@ -29,14 +31,26 @@ from kube_audit_shipper.source.config import InputConfig
 class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     state_dir: Annotated[str, msgspec.Meta(min_length=1, description="checkpoints, dead letters, spool")] = "/var/lib/kube-audit-shipper"
     node_name: Annotated[str | None, msgspec.Meta(description="this node's name in metrics, file names and enrichment; default: hostname")] = None
-    input: InputConfig = msgspec.field(default_factory=InputConfig)
-    policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
-    enrich: EnrichConfig = msgspec.field(default_factory=EnrichConfig)
-    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
+    input: Annotated[InputConfig, msgspec.Meta(description="which files to tail and how")] = msgspec.field(default_factory=InputConfig)
+    policy: Annotated[PolicyConfig, msgspec.Meta(description="the audit Policy events are trimmed to")] = msgspec.field(default_factory=PolicyConfig)
+    enrich: Annotated[EnrichConfig, msgspec.Meta(description="fields added to every event, and secrets masked")] = msgspec.field(default_factory=EnrichConfig)
+    batch: Annotated[BatchConfig, msgspec.Meta(description="how events are grouped for a sink (a sink's own batch block overrides it)")] = msgspec.field(
+        default_factory=BatchConfig
+    )
     sinks: Annotated[list[SinkConfig], msgspec.Meta(min_length=1, description="where events go; every sink gets every event")]
-    checkpoint: CheckpointConfig = msgspec.field(default_factory=CheckpointConfig)
-    deadletter: DeadLetterConfig = msgspec.field(default_factory=DeadLetterConfig)
-    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    detect: Annotated[DetectConfig, msgspec.Meta(description="detection rules evaluated on every event as recorded (docs/rules.md)")] = msgspec.field(
+        default_factory=DetectConfig
+    )
+    alerts: Annotated[
+        list[AlertTargetConfig], msgspec.Meta(description="where alerts go: every target gets every alert, each with its own batch, retry and spool")
+    ] = msgspec.field(default_factory=list)
+    checkpoint: Annotated[CheckpointConfig, msgspec.Meta(description="where reading resumes: written under state_dir")] = msgspec.field(
+        default_factory=CheckpointConfig
+    )
+    deadletter: Annotated[DeadLetterConfig, msgspec.Meta(description="lines and records no sink can take, kept with the reason")] = msgspec.field(
+        default_factory=DeadLetterConfig
+    )
+    metrics: Annotated[MetricsConfig, msgspec.Meta(description="Prometheus metrics and health endpoints")] = msgspec.field(default_factory=MetricsConfig)
     memory_limit_bytes: Annotated[
         int, msgspec.Meta(ge=1 << 20, description="bytes of events in memory (read, not yet acknowledged by every sink); the reader waits above it")
     ] = 16 << 20
@@ -69,6 +83,7 @@ def parse(data: Any, *, env: dict[str, str] | None = None, source: str | None = 
     config, conv_errors = convert_all(data, Config)
     errors += conv_errors
     errors += _duplicate_sink_names(data.get("sinks") if isinstance(data, dict) else None)
+    errors += name_problems(data.get("alerts") if isinstance(data, dict) else None, data.get("sinks") if isinstance(data, dict) else None)
     if errors:
         raise ConfigError(errors, source)
     return config

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import msgspec
+
+#: the default size of a spool segment file (SpoolConfig, and a Spool opened without one)
+SPOOL_SEGMENT_BYTES = 64 << 20
 
 
 class BatchConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -29,9 +32,14 @@ class RetryConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
 
 class SpoolConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     max_bytes: Annotated[
-        int, msgspec.Meta(ge=1 << 20, description="disk bytes for batches the sink could not take yet (under state_dir/spool/<sink>); full: the reader waits")
+        int,
+        msgspec.Meta(
+            ge=1 << 20,
+            description="disk bytes for batches the sink could not take yet (under state_dir/spool/<sink>); full: the reader waits",
+            examples=[1 << 30],
+        ),
     ]
-    segment_bytes: Annotated[int, msgspec.Meta(ge=1 << 20, description="size of one spool segment file")] = 64 << 20
+    segment_bytes: Annotated[int, msgspec.Meta(ge=1 << 20, description="size of one spool segment file")] = SPOOL_SEGMENT_BYTES
 
 
 class SinkConfigBase(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True, tag_field="type"):
@@ -39,6 +47,16 @@ class SinkConfigBase(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
 
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="unique sink name (metrics label, state directory name)")]
     batch: Annotated[BatchConfig | None, msgspec.Meta(description="overrides the top-level batch block for this sink")] = None
-    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    retry: Annotated[RetryConfig, msgspec.Meta(description="backoff between attempts of a failing batch")] = msgspec.field(default_factory=RetryConfig)
     spool: Annotated[SpoolConfig | None, msgspec.Meta(description="absent: no spool (a failing sink holds the reader back at memory_limit_bytes)")] = None
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64, description="batches in flight at once")] = 4
+    concurrency: Annotated[
+        int, msgspec.Meta(ge=1, le=64, description="batches in flight at once; a sink that must keep batch order (file, loki, s3) takes only 1")
+    ] = 1
+
+    #: why this sink type sends one batch at a time, in order; None: batches may go in any order
+    ordered_because: ClassVar[str | None] = None
+
+    def __post_init__(self) -> None:
+        if self.ordered_because is not None and self.concurrency != 1:
+            tag = type(self).__struct_config__.tag
+            raise ValueError(f"concurrency {self.concurrency}: a {tag} sink sends one batch at a time ({self.ordered_because}); set 1 or leave it out")

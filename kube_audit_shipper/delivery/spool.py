@@ -80,6 +80,7 @@ from typing import NamedTuple
 
 import zstandard
 
+from kube_audit_shipper.delivery.config import SPOOL_SEGMENT_BYTES
 from kube_audit_shipper.errors import AgentError, StateError
 
 _log = logging.getLogger(__name__)
@@ -89,7 +90,6 @@ FORMAT_VERSION = 1
 RECORD_SYNC = b"\xd5KRC"
 CURSOR_MAGIC = b"KASACKS1"
 FLAG_ZSTD = 0x01
-DEFAULT_SEGMENT_BYTES = 64 << 20
 _U32_MAX = 0xFFFF_FFFF
 _SEG_HDR = struct.Struct(">8sBQI")
 _REC_FIELDS = struct.Struct(">BQIII")  # flags, seq, meta_len, data_len, raw_len
@@ -223,7 +223,7 @@ class Spool:
         directory: Path | str,
         *,
         max_bytes: int,
-        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        segment_bytes: int = SPOOL_SEGMENT_BYTES,
         compression_level: int = 3,
         ack_flush_every: int = 256,
     ) -> None:

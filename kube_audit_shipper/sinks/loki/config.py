@@ -15,12 +15,13 @@ answers 500 to a gRPC message over 4 MiB and 429 for ever to a request over the 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
 from kube_audit_shipper.delivery.config import SinkConfigBase
+from kube_audit_shipper.sinks.http.config import BasicAuth, TlsConfig
 from kube_audit_shipper.sinks.loki.fields import FIELDS, LABEL_NAME, cardinality_problem
 
 #: Loki's limits a request must stay under whatever the config says (stock values).
@@ -31,22 +32,15 @@ MAX_LABEL_VALUE_BYTES = 2048
 RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "host", "x-scope-orgid", "transfer-encoding"})
 
 
-class BasicAuth(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    username: Annotated[str, msgspec.Meta(min_length=1, description="basic auth user (e.g. the tenant of a Loki gateway)")]
-    password: Annotated[str, msgspec.Meta(description="use ${VAR} or ${file:...}")]
-
-
-class LokiTlsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    ca_file: Annotated[str | None, msgspec.Meta(description="PEM CA bundle the server certificate is checked against; absent: the system CAs")] = None
-    cert_file: Annotated[str | None, msgspec.Meta(description="PEM client certificate (mutual TLS); needs key_file")] = None
-    key_file: Annotated[str | None, msgspec.Meta(description="PEM private key of cert_file")] = None
-    insecure_skip_verify: Annotated[
-        bool, msgspec.Meta(description="do not check the server certificate (tests only: anyone can read and forge the traffic)")
-    ] = False
-
-
 class LokiSinkConfig(SinkConfigBase, tag="loki", kw_only=True, frozen=True, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(min_length=1, description="base URL, e.g. http://127.0.0.1:3100 (the push path /loki/api/v1/push is added)")]
+    ordered_because: ClassVar[str | None] = "Loki refuses entries older than the last one of their stream: pushes must arrive in order"
+
+    url: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, description="base URL, e.g. http://127.0.0.1:3100 (the push path /loki/api/v1/push is added)", examples=["http://127.0.0.1:3100"]
+        ),
+    ]
     tenant_id: Annotated[str, msgspec.Meta(description="X-Scope-OrgID; empty: no header")] = ""
     labels: Annotated[dict[str, str], msgspec.Meta(description="fixed stream labels; few and constant (job, cluster, ...)")] = msgspec.field(
         default_factory=lambda: {"job": "kube-audit"}
@@ -81,12 +75,13 @@ class LokiSinkConfig(SinkConfigBase, tag="loki", kw_only=True, frozen=True, forb
     bearer_token_file: Annotated[str | None, msgspec.Meta(description="file holding the bearer token, read again whenever it changes (rotated tokens)")] = None
     headers: Annotated[dict[str, str], msgspec.Meta(description="extra HTTP headers sent with every push")] = msgspec.field(default_factory=dict)
     tls: Annotated[
-        LokiTlsConfig | None,
+        TlsConfig | None,
         msgspec.Meta(description="https only: CA, client certificate; the server certificate is always checked unless insecure_skip_verify"),
     ] = None
     proxy_url: Annotated[str | None, msgspec.Meta(description="HTTP(S) proxy; environment proxy variables are not used")] = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         problems = _url_problems(self.url, self.tls is not None) + self._label_problems() + self._auth_problems()
         problems += _known("structured_metadata", self.structured_metadata)
         if self.tls is not None and (self.tls.cert_file is None) != (self.tls.key_file is None):

@@ -29,7 +29,7 @@ the sink's own upload retries; a blocked upload (bad credentials, missing bucket
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
@@ -49,7 +49,9 @@ _MAX_PARTS = 10_000
 
 
 class S3SinkConfig(SinkConfigBase, tag="s3", kw_only=True, frozen=True, forbid_unknown_fields=True):
-    bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=63, description="bucket the objects are written to; must exist")]
+    ordered_because: ClassVar[str | None] = "it appends every batch to one staged object, in order"
+
+    bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=63, description="bucket the objects are written to; must exist", examples=["audit-archive"])]
     region: Annotated[str, msgspec.Meta(min_length=1, description="signing region (S3-compatible stores usually accept us-east-1)")] = "us-east-1"
     endpoint: Annotated[
         Annotated[str, msgspec.Meta(pattern=r"^https?://")] | None, msgspec.Meta(description="for S3-compatible stores, e.g. http://127.0.0.1:9000; null: AWS")
@@ -105,6 +107,7 @@ class S3SinkConfig(SinkConfigBase, tag="s3", kw_only=True, frozen=True, forbid_u
     read_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600, description="socket read timeout of one S3 call")] = 60.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         problems: list[str] = []
         names = set(_PLACEHOLDER.findall(self.key_template))
         for name in sorted(names):

@@ -57,9 +57,19 @@ def region_of(endpoint: str) -> str | None:
 
 
 class SlsSinkConfig(SinkConfigBase, tag="sls", kw_only=True, frozen=True, forbid_unknown_fields=True):
-    endpoint: Annotated[str, msgspec.Meta(min_length=1, description="e.g. cn-hangzhou.log.aliyuncs.com (https), or a URL such as http://127.0.0.1:8080")]
-    project: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="SLS project, e.g. k8s-log-<cluster-id>")]
-    logstore: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$", description="SLS logstore, e.g. audit-<cluster-id>")]
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=64, description="PutLogs requests in flight at once (SLS takes log groups in any order)")] = 4
+    endpoint: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            description="e.g. cn-hangzhou.log.aliyuncs.com (https), or a URL such as http://127.0.0.1:8080",
+            examples=["cn-hangzhou.log.aliyuncs.com"],
+        ),
+    ]
+    project: Annotated[
+        str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$", description="SLS project, e.g. k8s-log-<cluster-id>", examples=["k8s-log-c0123"])
+    ]
+    logstore: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$", description="SLS logstore, e.g. audit-<cluster-id>", examples=["audit-c0123"])]
     access_key_id: Annotated[str | None, msgspec.Meta(description="use ${VAR} or ${file:...}; absent: credentials_file, then the environment")] = None
     access_key_secret: Annotated[str | None, msgspec.Meta(description="use ${VAR} or ${file:...}")] = None
     security_token: Annotated[
@@ -71,15 +81,17 @@ class SlsSinkConfig(SinkConfigBase, tag="sls", kw_only=True, frozen=True, forbid
             description="JSON {AccessKeyId, AccessKeySecret, SecurityToken} or INI (access_key_id, access_key_secret, security_token); re-read when it changes"
         ),
     ] = None
-    access_key_id_env: str = "ALIBABA_CLOUD_ACCESS_KEY_ID"
-    access_key_secret_env: str = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
-    security_token_env: str = "ALIBABA_CLOUD_SECURITY_TOKEN"
+    access_key_id_env: Annotated[str, msgspec.Meta(description="environment variable read for the AccessKey ID when no key or file is set")] = (
+        "ALIBABA_CLOUD_ACCESS_KEY_ID"
+    )
+    access_key_secret_env: Annotated[str, msgspec.Meta(description="environment variable read for the AccessKey secret")] = "ALIBABA_CLOUD_ACCESS_KEY_SECRET"
+    security_token_env: Annotated[str, msgspec.Meta(description="environment variable read for an STS token")] = "ALIBABA_CLOUD_SECURITY_TOKEN"
     signature_version: Annotated[Literal["v1", "v4"], msgspec.Meta(description="v1: HMAC-SHA1 (Logtail's); v4: SLS4-HMAC-SHA256, needs region")] = "v1"
     region: Annotated[str | None, msgspec.Meta(description="for signature v4; default: taken from an *.log.aliyuncs.com endpoint")] = None
     project_in_host: Annotated[
         bool | None, msgspec.Meta(description="send to <project>.<endpoint>; false: the project goes in x-log-project; default: false for an IP endpoint")
     ] = None
-    compression: Literal["lz4", "zstd", "none"] = "lz4"
+    compression: Annotated[Literal["lz4", "zstd", "none"], msgspec.Meta(description="PutLogs body compression (lz4 is what Logtail sends)")] = "lz4"
     topic: Annotated[str, msgspec.Meta(max_length=128, description="LogGroup Topic (__topic__)")] = ""
     source: Annotated[
         Annotated[str, msgspec.Meta(max_length=128)] | None,
@@ -100,10 +112,11 @@ class SlsSinkConfig(SinkConfigBase, tag="sls", kw_only=True, frozen=True, forbid
     max_request_logs: Annotated[int, msgspec.Meta(ge=1, le=MAX_LOGS_PER_REQUEST, description="logs per PutLogs")] = MAX_LOGS_PER_REQUEST
     time_ns: Annotated[bool, msgspec.Meta(description="send Time_ns (the nanoseconds of __time__)")] = True
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600, description="one PutLogs request")] = 15.0
-    tls_verify: bool = True
+    tls_verify: Annotated[bool, msgspec.Meta(description="check the endpoint's TLS certificate (false only for a test endpoint)")] = True
     ca_file: Annotated[str | None, msgspec.Meta(description="PEM bundle to verify the endpoint with (default: the system's)")] = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         host = endpoint_parts(self.endpoint)[1]  # raises ValueError, reported at this sink's path
         if self.project_in_host and is_ip(host):
             raise ValueError(f"project_in_host: true cannot work with an IP endpoint ({host}): the project goes in x-log-project")
