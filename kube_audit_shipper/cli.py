@@ -186,17 +186,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "validate":
         cfg = _load(args)
-        from kube_audit_shipper.app import build_detection, build_transform
+        from kube_audit_shipper.app.build import build_detection, load_transform
 
-        build_transform(cfg)  # loads and validates the policy file too
-        engine = build_detection(cfg)  # and every rule file: each error with its file and key path
+        engine = build_detection(cfg)  # every rule file: each error with its file and key path
+        load_transform(cfg, engine)  # loads and validates the policy file too
         rules = f", {len(engine.by_id)} detection rule(s)" if engine is not None else ", detection off"
         targets = f", {len(cfg.alerts)} alert target(s)" if cfg.alerts else ""
         print(f"{args.config}: OK ({len(cfg.sinks)} sink(s): {', '.join(s.name for s in cfg.sinks)}{rules}{targets})")
         return 0
     if args.command == "run":
         cfg = _load(args)
-        from kube_audit_shipper.supervise import Service
+        from kube_audit_shipper.app.service import Service
         from kube_audit_shipper.systemd import Notifier
 
         with Notifier.from_environ() as notifier:  # a no-op without NOTIFY_SOCKET

@@ -7,14 +7,77 @@ the range of the next record, and the last record's range reaches `end`, so ackn
 record of a chunk acknowledges the whole range. A chunk with no records is acknowledged at once.
 
 An Alert is what detection raises: one record, JSON-encoded as it is delivered to alert targets and
-printed by `detect --json`.
+printed by `detect --json`. Alerts travel in a Chunk of their own, over the same input range as the
+events they were raised on, so a file's checkpoint never passes an event before its alerts are delivered.
+
+A file is known by FileStat (what discovery saw) and a Fingerprint of its first bytes; Lines are what the
+reader hands on from one read.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
+
+FP_BYTES = 1024  # a fingerprint covers the first min(size, 1 KiB) content bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    """What discovery learned of one file on disk."""
+
+    path: str
+    dev: int
+    ino: int
+    size: int
+    mtime: float
+
+
+@dataclass(slots=True)
+class Fingerprint:
+    """BLAKE2b-64 of a file's first `length` content bytes (decompressed for gzip)."""
+
+    length: int
+    digest: str
+
+    @classmethod
+    def of(cls, head: bytes) -> Fingerprint:
+        head = head[:FP_BYTES]
+        return cls(len(head), _digest(head))
+
+    @property
+    def full(self) -> bool:
+        return self.length >= FP_BYTES
+
+    def matches(self, head: bytes) -> bool:
+        """True if `head` (the file's current first bytes) starts with the fingerprinted bytes."""
+        return len(head) >= self.length and _digest(head[: self.length]) == self.digest
+
+    def distinctive(self, head: bytes) -> bool:
+        """Strong enough to identify content across inodes: 1 KiB, or at least one whole line."""
+        return self.full or (self.length > 0 and b"\n" in head[: self.length])
+
+
+def _digest(head: bytes) -> str:
+    return hashlib.blake2b(head, digest_size=8).hexdigest()
+
+
+@dataclass(slots=True)
+class Lines:
+    """The whole lines of one read of one file (content offsets: decompressed for gzip)."""
+
+    start: int  # offset of the first byte covered
+    end: int  # offset just past the last whole line
+    lines: list[bytes] = field(default_factory=list)  # without the newline
+    ends: list[int] = field(default_factory=list)  # end offset (past the newline) of each line
+    oversize: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) of skipped long lines
+    raw_bytes: int = 0  # bytes read from disk for this call (compressed for gzip)
+    eof: bool = False  # no more data right now
+    gzip_incomplete: bool = False  # gzip stream ends without its trailer (still being written?)
+
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")  # most severe first

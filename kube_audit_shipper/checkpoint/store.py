@@ -5,46 +5,32 @@
     {"version": 1, "written_at": 1763805600.5,
      "files": [{"path": "/var/log/kubernetes/audit/audit-2026-11-22T10-00-00.000.log",
                 "dev": 64768, "ino": 1311, "fp_len": 1024, "fp": "9f2c4e0b5a1d7c33",
-                "gzip": false, "offset": 104857187, "complete": true, "gone_since": null}]}
+                "gzip": false, "offset": 104857187, "complete": true, "gone_since": null,
+                "size": 104857187, "lost": false}]}
 
 `offset` is a content offset (decompressed for gzip) at a line boundary; `complete` means the file
 was rotated and every line of it is acknowledged; `gone_since` is when the file was last seen missing
-(unix time), so entries of deleted files are forgotten after `forget_after_s`. Written atomically:
+(unix time), so records of deleted files are forgotten after `forget_after_s`; `size` is the last size seen
+(plain files) and `lost` says the file went before it was read to its end (reported once). The records
+are checkpoint/files.py's FileRecord; a file written before `size` and `lost` existed still loads. Written atomically:
 temp file, fsync, rename over the old file, fsync of the directory. The absence of the file means
 "first start" (start_at and backfill_rotated apply).
 """
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from pathlib import Path
 
 import msgspec
 
+from kube_audit_shipper.checkpoint.files import FileRecord
 from kube_audit_shipper.durable import ensure_dir, write_atomic
 from kube_audit_shipper.errors import StateError
-from kube_audit_shipper.source.identity import Fingerprint
 
 VERSION = 1
-
-
-class Entry(msgspec.Struct, kw_only=True):
-    path: str
-    dev: int
-    ino: int
-    fp_len: int
-    fp: str
-    gzip: bool = False
-    offset: int = 0
-    complete: bool = False
-    gone_since: float | None = None
-    size: int = 0  # last size seen on disk (plain files; 0 for gzip): what is lost if it goes before it is read
-    lost: bool = False  # it went from disk before it was read to its end (reported and counted once)
-
-    @property
-    def fingerprint(self) -> Fingerprint:
-        return Fingerprint(self.fp_len, self.fp)
 
 
 class _Version(msgspec.Struct):
@@ -54,7 +40,8 @@ class _Version(msgspec.Struct):
 class _File(msgspec.Struct, kw_only=True):
     version: int
     written_at: float
-    files: list[Entry]
+    files: list[FileRecord]
+    detection: str | None = None  # base64 of the detection engine's state, consistent with the files' offsets
 
 
 class CheckpointStore:
@@ -66,8 +53,9 @@ class CheckpointStore:
         self._generation = 0  # of the newest snapshot written: an older snapshot never overwrites it
         self.writes = 0
         self.last_write = 0.0  # unix time of the last write (0: none by this process)
+        self.detection: bytes | None = None  # the detection state `load` found (None: none saved)
 
-    def load(self) -> list[Entry] | None:
+    def load(self) -> list[FileRecord] | None:
         """The saved entries, or None when there is no state yet (first start)."""
         try:
             raw = self.path.read_bytes()
@@ -85,12 +73,19 @@ class CheckpointStore:
                 f"{self.path} is not a valid checkpoint file ({exc}); it is written atomically, so this is damage from "
                 "outside the agent: move it away to start over (start_at/backfill_rotated then apply as on a first start)"
             ) from exc
+        try:
+            self.detection = base64.b64decode(doc.detection, validate=True) if doc.detection else None
+        except ValueError as exc:
+            raise StateError(f"{self.path}: the detection state is not base64 ({exc}); move the file away to start over") from exc
         return doc.files
 
-    def save(self, entries: list[Entry], generation: int = 0) -> bool:
-        """Write the entries if they changed; True if a write happened. `generation` orders snapshots
-        taken on the event loop: a write of an older snapshot that lost the race is skipped."""
+    def save(self, entries: list[FileRecord], generation: int = 0, detection: bytes | None = None) -> bool:
+        """Write the entries (and the detection state taken with them) if they changed; True if a write happened.
+        `generation` orders snapshots taken on the event loop: a write of an older snapshot that lost the race
+        is skipped."""
         body = self._encoder.encode(sorted(entries, key=lambda e: (e.path, e.dev, e.ino)))
+        if detection is not None:
+            body += b',"detection":"%s"' % base64.b64encode(detection)
         with self._lock:
             if body == self._last or generation < self._generation:
                 return False

@@ -62,7 +62,7 @@ async def _run(root: Path, events: int, rate: float, seed: int, out: TextIO) -> 
     writer = threading.Thread(target=_writer, args=(log, events, rate, seed, max_bytes, progress, failed), daemon=True)
     ready = asyncio.Event()
     started = time.monotonic()
-    task = asyncio.get_running_loop().create_task(agent.run(install_signals=False, on_ready=lambda _a: ready.set()))
+    task = asyncio.get_running_loop().create_task(agent.run(on_ready=lambda _a: ready.set()))
     await ready.wait()
     writer.start()
     out.write(f"demo: fake kube-apiserver writing {events} audit events to {log} (rotating every {max_bytes >> 20} MiB, gzipping backups)\n")
@@ -70,10 +70,10 @@ async def _run(root: Path, events: int, rate: float, seed: int, out: TextIO) -> 
     last_print = 0.0
     while not task.done():
         state = agent.metrics_state()
-        handled = state["shipped"]["archive"][0] + sum(state["deadlettered"].values()) + sum(state["dropped"].values())
+        handled = state.shipped["archive"][0] + sum(state.deadlettered.values()) + sum(state.dropped.values())
         if time.monotonic() - last_print >= 0.5:
             last_print = time.monotonic()
-            out.write(f"  written {progress['written']:>9}   shipped {state['shipped']['archive'][0]:>9}   in memory {state['inflight_bytes'] >> 10:>6} KiB\n")
+            out.write(f"  written {progress['written']:>9}   shipped {state.shipped['archive'][0]:>9}   in memory {state.inflight_bytes >> 10:>6} KiB\n")
             out.flush()
         if progress["done"] and handled >= progress["written"]:
             break
@@ -88,13 +88,13 @@ async def _run(root: Path, events: int, rate: float, seed: int, out: TextIO) -> 
     state = agent.metrics_state()
     outputs = sorted((root / "out").glob("*.ndjson.zst"))
     logs = sorted(log.parent.iterdir())
-    shipped_events, shipped_bytes = state["shipped"]["archive"]
+    shipped_events, shipped_bytes = state.shipped["archive"]
     out_bytes = _size(outputs)
-    dead = sum(state["deadlettered"].values())
+    dead = sum(state.deadlettered.values())
     out.write(
         "\nsummary\n"
         f"  events written      {progress['written']}\n"
-        f"  events read         {state['events_read']}\n"
+        f"  events read         {state.events_read}\n"
         f"  events shipped      {shipped_events}\n"
         f"  dead-lettered       {dead}\n"
         f"  bytes in            {progress['bytes']:,} (audit log and {len(logs) - 1} rotated backups)\n"

@@ -6,17 +6,19 @@ import json
 import os
 from typing import Any, TextIO
 
+from kube_audit_shipper.checkpoint.files import FileRecords
+from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.checkpoint.store import CheckpointStore
 from kube_audit_shipper.config import Config
 from kube_audit_shipper.source.discover import discover
-from kube_audit_shipper.source.identity import is_gzip_fd, match_checkpoint, read_head
+from kube_audit_shipper.source.identity import is_gzip_fd, read_head
 
 
 def collect_status(cfg: Config) -> list[dict[str, Any]]:
-    entries = CheckpointStore(cfg.state_dir).load()
+    """Per file on disk, matched to its saved record exactly as the agent matches it when it starts."""
+    records = FileRecords(CheckpointStore(cfg.state_dir).load(), ledger=Ledger([]), forget_after_s=cfg.checkpoint.forget_after_s, lost_grace_s=0)
     rows: list[dict[str, Any]] = []
-    claimed: set[int] = set()
-    for f in discover(cfg.input.paths, cfg.input.exclude):
+    for fid, f in enumerate(discover(cfg.input.paths, cfg.input.exclude)):
         try:
             fd = os.open(f.path, os.O_RDONLY)
         except OSError as exc:
@@ -27,9 +29,9 @@ def collect_status(cfg: Config) -> list[dict[str, Any]]:
             head = read_head(fd, gz)
         finally:
             os.close(fd)
-        entry, _ = match_checkpoint(f.stat, head, entries or [], claimed)
-        if entry is not None:
-            claimed.add(id(entry))
+        entry = records.lookup(f.stat, head)
+        if entry is not None:  # held by this file: not matched to another one
+            records.opened(fid, f.stat, head, gz, entry, entry.offset, entry.complete)
         offset = entry.offset if entry is not None else None
         complete = bool(entry is not None and entry.complete)
         behind = 0 if complete else (None if gz else f.stat.size - (offset or 0))

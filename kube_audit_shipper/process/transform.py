@@ -1,7 +1,11 @@
-"""The per-line bridge the pipeline calls: policy trimming, redaction, enrichment.
+"""The per-line bridge the pipeline calls: detection, policy trimming, redaction, enrichment.
 
-    line ─ decode (top level only, values kept raw) ─ policy: evaluate (cached) → drop or trim
+    line ─ decode (top level only, values kept raw) ─ detect (on the event as recorded)
+         ─ policy: evaluate (cached) → drop or trim
          ─ redact (only bodies of affected resources, token-like query parameters) ─ enrich ─ encode
+
+Detection sees every event as kube-apiserver recorded it, before the policy trims or drops it: an event the
+policy drops still raises its alert. A failure inside detection never stops the event from shipping.
 
 The output keeps the input's field order and bytes wherever nothing changed: an event the policy keeps as it
 was recorded is the input line itself, with the enrichment members spliced in before the closing brace; a
@@ -13,20 +17,24 @@ decode splits the top level without recursing when msgspec cannot go as deep (ev
 be stripped of managedFields ships as recorded and one that cannot be redacted is replaced by a marker
 (both noted in `annotations["kube-audit-shipper.io/body-not-parsed"]`), and a derived field that cannot be
 computed is left out. Only a line that is not a JSON object raises (MalformedEventError); anything else
-the caller (process/decode.py) contains to the line.
+the caller (process/lines.py) contains to the line.
 """
 
 from __future__ import annotations
 
 import msgspec
 
+from kube_audit_shipper.model import Alert
+from kube_audit_shipper.process.detect.engine import DetectionEngine
 from kube_audit_shipper.process.enrich.config import EnrichConfig
 from kube_audit_shipper.process.enrich.fields import Enricher
 from kube_audit_shipper.process.enrich.redact import Redactor
 from kube_audit_shipper.process.policy.config import DECISION_CACHE_SIZE
-from kube_audit_shipper.process.policy.event import decode_event
+from kube_audit_shipper.process.policy.event import RecordedEvent, decode_event
 from kube_audit_shipper.process.policy.match import CompiledPolicy, DecisionCache
 from kube_audit_shipper.process.policy.trim import DROPPED_STAGE, KEPT, trim_event
+
+NO_ALERTS: list[Alert] = []  # shared, never appended to
 
 
 class Transform:
@@ -43,9 +51,12 @@ class Transform:
         enricher: Enricher | None = None,
         redactor: Redactor | None = None,
         *,
+        detector: DetectionEngine | None = None,
         decision_cache_size: int = DECISION_CACHE_SIZE,
     ) -> None:
         self.policy = policy
+        self.detector = detector
+        self.detection_failures = 0  # events detection raised on (the event still ships)
         self._decisions = DecisionCache(policy, decision_cache_size) if policy is not None else None
         labels = policy.labels if policy is not None else ()
         self.matched: dict[str, int] = dict.fromkeys(labels, 0)
@@ -68,9 +79,23 @@ class Transform:
         """
         return self.process(line)[1]
 
-    def process(self, line: bytes) -> tuple[str | None, bytes | None]:
-        """(label of the deciding rule or None without a policy, output or None when dropped)."""
+    def run(self, line: bytes, *, detect: bool = True) -> tuple[bytes | None, list[Alert]]:
+        """(the output or None when the policy drops it, the alerts detection raised on the event as recorded).
+        `detect=False`: a line detection has already seen (before a restart: its state was restored)."""
         event = decode_event(line)
+        alerts = NO_ALERTS
+        if detect and self.detector is not None:
+            try:
+                alerts = self.detector.evaluate(event)
+            except Exception:  # noqa: BLE001  # detection never stops an event from shipping; counted
+                self.detection_failures += 1
+        return self._shape(event, line)[1], alerts
+
+    def process(self, line: bytes) -> tuple[str | None, bytes | None]:
+        """(label of the deciding rule or None without a policy, output or None when dropped); no detection."""
+        return self._shape(decode_event(line), line)
+
+    def _shape(self, event: RecordedEvent, line: bytes) -> tuple[str | None, bytes | None]:
         label = None
         if self._decisions is not None:
             decision = self._decisions.evaluate_event(event)
@@ -93,9 +118,10 @@ def build_transform(
     enrich: EnrichConfig,
     *,
     node_name: str,
+    detector: DetectionEngine | None = None,
     decision_cache_size: int = DECISION_CACHE_SIZE,
 ) -> Transform | None:
-    """The transform for this configuration, or None when there is nothing to do (ship lines unchanged).
+    """The transform for this configuration, or None when there is nothing to do (ship lines unchanged, no detection).
 
     `node_name` is the node name enrichment reports (the agent's `node_name`, by default the host name).
     """
@@ -109,6 +135,6 @@ def build_transform(
             redactor = Redactor(enrich.redact)
             if not redactor.active:
                 redactor = None
-    if policy is None and enricher is None and redactor is None:
+    if policy is None and enricher is None and redactor is None and detector is None:
         return None
-    return Transform(policy, enricher, redactor, decision_cache_size=decision_cache_size)
+    return Transform(policy, enricher, redactor, detector=detector, decision_cache_size=decision_cache_size)

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from kube_audit_shipper.source.identity import FileStat
+from kube_audit_shipper.model import FileStat
 
 _TS = r"(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.\d{3})"
 

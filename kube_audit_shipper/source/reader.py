@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import os
 import zlib
-from dataclasses import dataclass, field
+
+from kube_audit_shipper.model import Lines
 
 _GZ_READ = 256 * 1024
 
 
 class CorruptInputError(Exception):
     """The file cannot be decoded further (e.g. a corrupt gzip stream)."""
-
-
-@dataclass(slots=True)
-class Lines:
-    start: int  # offset of the first byte covered
-    end: int  # offset just past the last whole line (== consumed)
-    lines: list[bytes] = field(default_factory=list)  # without the newline
-    ends: list[int] = field(default_factory=list)  # end offset (past the newline) of each line
-    oversize: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) of skipped long lines
-    raw_bytes: int = 0  # bytes read from disk for this call (compressed for gzip)
-    eof: bool = False  # no more data right now
-    gzip_incomplete: bool = False  # gzip stream ends without its trailer (still being written?)
 
 
 class LineReader:

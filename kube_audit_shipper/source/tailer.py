@@ -1,58 +1,61 @@
-"""Per-file state and read scheduling: discovery, rotation, truncation, deletion, resume.
+"""Turn the files the config selects into lines: discovery, rotation, truncation, deletion, resume.
 
-Each file on disk that the config selects is tracked by identity (source/identity.py), with its own
-`fid` (a new one after a truncation, so late acknowledgements of the old content move nothing).
-Inside a family (an active path and its kube-apiserver backups) the oldest file with unread data is
-read first; a backup or deleted file read to its end is *drained* and closed, and becomes *complete*
-once every sink acknowledged it. Reads and line processing run in a worker thread; the loop here only
-schedules. The reader waits while the memory budget is used up (backpressure, nothing dropped).
+Each file on disk that the config selects is tracked by identity ((dev, inode) and a fingerprint of its
+first bytes) with its own `fid` (a new one after a truncation, so late acknowledgements of the old content
+move nothing). Inside a family (an active path and its kube-apiserver backups) the oldest file with unread
+data is read first; a backup or deleted file read to its end is *drained* and closed.
+
+The tailer knows nothing of checkpoints, events or sinks. It is given two ports (ports.py):
+- a `FileIndex`, which says where a file found on disk resumes and hears what the tailer learns of each
+  file (opened, renamed, resized, drained, truncated, gone, lost): checkpoint/files.py;
+- a `LineOutput`, which takes the lines read (and says, with its `room` event, when it can take more)
+  and the parts of a file that are no lines (an incomplete last line, a corrupt tail): process/stage.py.
+While the output has no room, the tailer keeps discovering: a backup that appears is opened at once
+(within `max_open_files`), so kube-apiserver deleting it later does not lose it. Reads run in a worker
+thread; the loop here only schedules.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
 
-from kube_audit_shipper.checkpoint.ledger import Ledger
-from kube_audit_shipper.checkpoint.store import Entry
-from kube_audit_shipper.delivery.budget import ByteBudget
-from kube_audit_shipper.model import Chunk
-from kube_audit_shipper.process.decode import LineProcessor
+from kube_audit_shipper.model import FP_BYTES, Fingerprint, Lines
 from kube_audit_shipper.source.config import InputConfig
 from kube_audit_shipper.source.discover import Found, Unreadable, discover, watch_dirs
-from kube_audit_shipper.source.identity import FP_BYTES, Fingerprint, gzip_complete, is_gzip_fd, match_checkpoint, read_head
+from kube_audit_shipper.source.identity import gzip_complete, is_gzip_fd, read_head
+from kube_audit_shipper.source.ports import FileIndex, LineOutput
 from kube_audit_shipper.source.reader import CorruptInputError, LineReader
 from kube_audit_shipper.source.watch import ChangeHints
 
 log = logging.getLogger(__name__)
 
-DEADLETTER_RETRY_MAX_S = 30.0  # backoff cap while the state directory refuses dead-letter writes
-
 
 @dataclass(eq=False)
 class TrackedFile:
     fid: int
-    entry: Entry
+    path: str
+    key: tuple[int, int]  # (dev, inode)
+    fingerprint: Fingerprint
+    gzip: bool
     family: str
     rank: tuple[int, str]
     fd: int | None = None
     reader: LineReader | None = None
     size: int = 0
     on_disk: bool = True
+    complete: bool = False  # nothing to read: its saved record says so
     drained_at: int | None = None  # offset where a rotated/deleted file ended
     waiting: bool = False  # live file at EOF (or gzip still being written)
-    inflight: deque[tuple[int, int]] = field(default_factory=deque)  # (chunk end, bytes charged)
-    emitted_end: int = 0  # end of everything handed to the sinks or acknowledged without records
 
     @property
     def done(self) -> bool:
-        return self.entry.complete or self.drained_at is not None
+        return self.complete or self.drained_at is not None
 
     def close(self) -> None:
         if self.fd is not None:
@@ -62,106 +65,35 @@ class TrackedFile:
 
 
 class Tailer:
-    def __init__(
-        self,
-        cfg: InputConfig,
-        *,
-        entries: list[Entry] | None,
-        processor: LineProcessor,
-        ledger: Ledger,
-        budget: ByteBudget,
-        emit: Callable[[Chunk], Awaitable[None]],
-        forget_after_s: float,
-        metrics: object | None = None,
-    ) -> None:
+    def __init__(self, cfg: InputConfig, *, index: FileIndex[Any], output: LineOutput) -> None:
         self.cfg = cfg
-        self.first_start = entries is None
-        self.entries: list[Entry] = list(entries or [])
-        self.processor = processor
-        self.ledger = ledger
-        self.budget = budget
-        self.emit = emit
-        self.forget_after_s = forget_after_s
-        self.metrics = metrics
+        self.index = index
+        self.output = output
         self.files: dict[int, TrackedFile] = {}
         self._next_fid = 1
         self.truncations = 0
+        self.bytes_read = 0
         self.read_errors: Counter[str] = Counter()  # inputs that became unreadable, by reason (and corrupt files)
         self.unreadable: dict[str, Unreadable] = {}  # inputs that exist but cannot be read right now
         self.ever_unreadable = False  # some input could not be read during this run (run --once reports it)
         self._read_failing: dict[str, Unreadable] = {}  # open files whose last read failed
         self._deferred: dict[tuple[int, int], Found] = {}  # found, not opened: max_open_files were open
-        self._scans = 0
-        self.lost_files = 0  # files deleted before they were read to their end
-        self.lost_bytes = 0  # their unread bytes (as far as known: gzip sizes are not)
-        self.bytes_read = 0
         self.hints: ChangeHints | None = None
         self._last_rescan = 0.0
         self._oldest_backup: dict[str, str] = {}  # family -> path of its oldest backup on disk
         self._warned_at_risk: set[str] = set()
         self._stop = asyncio.Event()  # run() gives the pipeline's
 
-    # -- acknowledgements (called by the ledger, on the loop) ------------------------------------
-    def on_advance(self, fid: int, offset: int) -> None:
-        tf = self.files.get(fid)
-        if tf is None:
-            return
-        tf.entry.offset = offset
-        released = 0
-        while tf.inflight and tf.inflight[0][0] <= offset:
-            released += tf.inflight.popleft()[1]
-        if released:
-            self.budget.release(released)
-        if tf.drained_at is not None and offset >= tf.drained_at and not tf.entry.complete:
-            tf.entry.complete = True
-
-    # -- discovery -------------------------------------------------------------------------------
+    # -- discovery -------------------------------------------------------------------------------------------
     def _new_fid(self) -> int:
         fid = self._next_fid
         self._next_fid += 1
         return fid
 
-    def _track(self, found: Found, entry: Entry, fd: int | None, gz: bool) -> TrackedFile:
-        tf = TrackedFile(fid=self._new_fid(), entry=entry, family=found.family, rank=found.rank, fd=fd, size=found.stat.size)
-        if entry.complete and fd is not None:
-            tf.close()
-        elif fd is not None:
-            try:
-                tf.reader = LineReader(fd, offset=entry.offset, gz=gz, chunk_bytes=self.cfg.read_chunk_bytes, max_line_bytes=self.cfg.max_line_bytes)
-            except CorruptInputError as exc:
-                self._unreadable(tf, str(exc))
-        self.files[tf.fid] = tf
-        self.ledger.open(tf.fid, entry.offset)
-        return tf
-
-    def _unreadable(self, tf: TrackedFile, reason: str) -> None:
-        """A file that cannot be read further: record where and why, count it, move on."""
-        self.read_errors["corrupt"] += 1
-        log.error(
-            "cannot read file further; its remaining content is recorded as a dead letter",
-            extra={"path": tf.entry.path, "offset": tf.entry.offset, "reason": reason},
-        )
-        self.processor.deadletter.add(reason=f"unreadable input: {reason}", sink=None, path=tf.entry.path, offset=tf.entry.offset, length=None, event=None)
-        self.processor.count("deadletter:unreadable")
-        tf.close()
-        tf.drained_at = tf.entry.offset
-        tf.entry.complete = True
-
-    def _start_offset(self, found: Found, fd: int, gz: bool) -> tuple[int, bool]:
-        """Offset (and completeness) for a file with no checkpoint."""
-        if not self.first_start:
-            return 0, False
-        if found.rank[0] == 0 and not self.cfg.backfill_rotated:
-            return (0, True) if gz else (_last_line_end(fd, found.stat.size), True)
-        if self.cfg.start_at == "end" and not gz:
-            return _last_line_end(fd, found.stat.size), False
-        return 0, False
-
     def scan(self) -> None:
-        """Match what is on disk to tracked files and checkpoints. On the loop: it changes shared
-        state, and its I/O is small (stat, open, reads of 1 KiB); seeking to a checkpoint in a gzip
-        file, the one slow step, happens at the first read, in the reader's thread."""
-        now = time.time()
+        """Match what is on disk to tracked files and saved records. On the loop: it changes shared state,
+        and its I/O is small (stat, open, reads of 1 KiB); seeking to an offset in a gzip file, the one slow
+        step, happens at the first read, in the reader's thread."""
         problems: list[Unreadable] = []
         found = discover(self.cfg.paths, self.cfg.exclude, problems)
         self._oldest_backup = {}
@@ -170,59 +102,38 @@ class Tailer:
                 self._oldest_backup[f.family] = f.path
         by_inode = {(f.stat.dev, f.stat.ino): f for f in found}
         # only open files are matched by inode: a closed file's inode may already belong to a new file
-        tracked = {(tf.entry.dev, tf.entry.ino): tf for tf in self.files.values() if tf.fd is not None}
-        for key, tf in tracked.items():
-            seen_now = by_inode.pop(key, None)
-            if seen_now is None:
+        for tf in [tf for tf in self.files.values() if tf.fd is not None]:
+            now = by_inode.pop(tf.key, None)
+            if now is None:
                 if tf.on_disk:
                     tf.on_disk = False
-                    log.info("file gone from disk; reading the open descriptor to its end", extra={"path": tf.entry.path})
+                    log.info("file gone from disk; reading the open descriptor to its end", extra={"path": tf.path})
                 continue
             tf.on_disk = True
-            tf.family, tf.rank, tf.size = seen_now.family, seen_now.rank, seen_now.stat.size
-            if not tf.entry.gzip:
-                tf.entry.size = seen_now.stat.size
-            if tf.entry.path != seen_now.path:
-                log.info("file renamed", extra={"from": tf.entry.path, "to": seen_now.path})
-                tf.entry.path = seen_now.path
+            tf.family, tf.rank, tf.size = now.family, now.rank, now.stat.size
+            if tf.path != now.path:
+                tf.path = now.path
+                self.index.renamed(tf.fid, now.path)
+            if not tf.gzip:
+                self.index.resized(tf.fid, tf.size, tf.fingerprint)
         for fid, tf in list(self.files.items()):
-            if tf.fd is None and tf.entry.complete:  # nothing left to read or acknowledge
+            if tf.fd is None and (tf.complete or self.index.complete(fid)):  # nothing left to read or acknowledge
                 del self.files[fid]
-                self.ledger.close(fid)
-        claimed = {id(tf.entry) for tf in self.files.values()}
-        deferred = self._deferred
-        self._deferred = {}
+                self.index.released(fid)
+        deferred, self._deferred = self._deferred, {}
         for f in sorted(by_inode.values(), key=lambda f: (f.family, f.rank)):  # oldest first: next to be deleted
             if sum(1 for tf in self.files.values() if tf.fd is not None) >= self.cfg.max_open_files:
                 self._deferred[(f.stat.dev, f.stat.ino)] = f
                 continue
-            self._adopt(f, claimed, problems)
+            self._adopt(f, problems)
         if self._deferred and not deferred:
             log.warning("max_open_files input files are open; newer files are opened as others are read to their end", extra={"waiting": len(self._deferred)})
         self._set_unreadable({**{p.path: p for p in problems}, **self._read_failing})
         seen = {(f.stat.dev, f.stat.ino) for f in found}
         for key, f in deferred.items():
             if key not in seen:
-                self._lost(f.path, f.stat.size, "deleted before it could be opened (max_open_files files were open)")
-        reading = {id(tf.entry) for tf in self.files.values() if not tf.done}
-        grace_s = 2 * self.cfg.rescan_interval_ms / 1000  # kube-apiserver gzips a backup before it removes it
-        for e in list(self.entries):
-            if (e.dev, e.ino) in seen:
-                e.gone_since = None
-                continue
-            if e.gone_since is None:
-                e.gone_since = now
-            if not e.complete and not e.lost and id(e) not in reading and (self._scans == 0 or now - e.gone_since >= grace_s):
-                e.lost = True
-                self._lost(
-                    e.path,
-                    max(0, e.size - e.offset),
-                    "deleted before it was read to its end" + (" (while the agent was not running)" if self._scans == 0 else ""),
-                )
-            elif now - e.gone_since > self.forget_after_s and id(e) not in reading:
-                self.entries.remove(e)
-        self.first_start = False
-        self._scans += 1
+                self.index.lost(f.path, f.stat.size, "deleted before it could be opened (max_open_files files were open)")
+        self.index.present(seen)
         self._last_rescan = time.monotonic()
         for path in self.at_risk():
             if path not in self._warned_at_risk:
@@ -230,31 +141,10 @@ class Tailer:
                 log.warning(
                     "the oldest unread file is the oldest rotated backup on disk: kube-apiserver may delete it at its next "
                     "rotation (--audit-log-maxbackup) before it is shipped; the agent is falling behind",
-                    extra={"path": path, "bytes_behind": self.bytes_behind().get(path)},
+                    extra={"path": path},
                 )
 
-    def _lost(self, path: str, unread_bytes: int, why: str) -> None:
-        """A file went from disk before it was read: its unread events cannot be shipped. Said and counted."""
-        self.lost_files += 1
-        self.lost_bytes += unread_bytes
-        log.error("input file lost: its unread events are not shipped", extra={"path": path, "unread_bytes": unread_bytes, "why": why})
-
-    def _set_unreadable(self, now: dict[str, Unreadable]) -> None:
-        """Inputs that cannot be read now: an error when one becomes unreadable (counted by reason), an
-        info line when it can be read again."""
-        for path, p in now.items():
-            if path not in self.unreadable:
-                self.read_errors[p.reason] += 1
-                self.ever_unreadable = True
-                log.error(
-                    "cannot read an input; its events are not shipped until it can be read (the agent needs read access: root, or CAP_DAC_READ_SEARCH)",
-                    extra={"path": path, "reason": p.reason, "error": p.error},
-                )
-        for path in set(self.unreadable) - set(now):
-            log.info("input readable again", extra={"path": path})
-        self.unreadable = now
-
-    def _adopt(self, f: Found, claimed: set[int], problems: list[Unreadable]) -> None:
+    def _adopt(self, f: Found, problems: list[Unreadable]) -> None:
         try:
             fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -272,28 +162,63 @@ class Tailer:
         if gz and len(head) < FP_BYTES and not gzip_complete(fd):
             os.close(fd)  # kube-apiserver is still compressing it: identify it once its head is there
             return
-        entry, stale = match_checkpoint(f.stat, head, self.entries, claimed)
-        if stale:
-            for e in [e for e in self.entries if (e.dev, e.ino) == (f.stat.dev, f.stat.ino) and e is not entry and id(e) not in claimed]:
-                self.entries.remove(e)
-        if entry is None:
+        saved = self.index.lookup(f.stat, head)
+        if saved is None:
             for tf in self.files.values():  # same content as a tracked file (the .gz of a backup being drained)?
-                if tf.entry.fingerprint.distinctive(head) and tf.entry.fingerprint.matches(head):
+                if tf.fingerprint.distinctive(head) and tf.fingerprint.matches(head):
                     os.close(fd)
                     return
             offset, complete = self._start_offset(f, fd, gz)
-            fp = Fingerprint.of(head)
-            entry = Entry(path=f.path, dev=f.stat.dev, ino=f.stat.ino, fp_len=fp.length, fp=fp.digest, gzip=gz, offset=offset, complete=complete)
-            self.entries.append(entry)
             log.info("new file", extra={"path": f.path, "offset": offset, "skipped": complete})
         else:
-            if (entry.dev, entry.ino) != (f.stat.dev, f.stat.ino):
-                log.info("file found again under a new identity (compressed or moved)", extra={"from": entry.path, "to": f.path, "offset": entry.offset})
-            entry.path, entry.dev, entry.ino, entry.gzip = f.path, f.stat.dev, f.stat.ino, gz
-        claimed.add(id(entry))
-        self._track(f, entry, fd, gz)
+            offset, complete = saved.offset, saved.complete
+        fid = self._new_fid()
+        self.index.opened(fid, f.stat, head, gz, saved, offset, complete)
+        tf = TrackedFile(fid, f.path, (f.stat.dev, f.stat.ino), Fingerprint.of(head), gz, f.family, f.rank, fd=fd, size=f.stat.size, complete=complete)
+        self.files[fid] = tf
+        if complete:
+            tf.close()
+            return
+        try:
+            tf.reader = LineReader(fd, offset=offset, gz=gz, chunk_bytes=self.cfg.read_chunk_bytes, max_line_bytes=self.cfg.max_line_bytes)
+        except CorruptInputError as exc:
+            self._corrupt(tf, offset, str(exc))
 
-    # -- polling ---------------------------------------------------------------------------------
+    def _start_offset(self, found: Found, fd: int, gz: bool) -> tuple[int, bool]:
+        """Offset (and completeness) for a file with no saved record."""
+        if not self.index.first_start:
+            return 0, False
+        if found.rank[0] == 0 and not self.cfg.backfill_rotated:
+            return (0, True) if gz else (_last_line_end(fd, found.stat.size), True)
+        if self.cfg.start_at == "end" and not gz:
+            return _last_line_end(fd, found.stat.size), False
+        return 0, False
+
+    def _corrupt(self, tf: TrackedFile, offset: int, reason: str) -> None:
+        """A file that cannot be read further: its rest is one dead letter with where and why; move on."""
+        self.read_errors["corrupt"] += 1
+        log.error("cannot read file further; its remaining content is recorded as a dead letter", extra={"path": tf.path, "offset": offset, "reason": reason})
+        self.output.unreadable_rest(tf.fid, tf.path, offset, reason)
+        tf.close()
+        tf.drained_at = offset
+        self.index.abandoned(tf.fid, offset)
+
+    def _set_unreadable(self, now: dict[str, Unreadable]) -> None:
+        """Inputs that cannot be read now: an error when one becomes unreadable (counted by reason), an
+        info line when it can be read again."""
+        for path, p in now.items():
+            if path not in self.unreadable:
+                self.read_errors[p.reason] += 1
+                self.ever_unreadable = True
+                log.error(
+                    "cannot read an input; its events are not shipped until it can be read (the agent needs read access: root, or CAP_DAC_READ_SEARCH)",
+                    extra={"path": path, "reason": p.reason, "error": p.error},
+                )
+        for path in set(self.unreadable) - set(now):
+            log.info("input readable again", extra={"path": path})
+        self.unreadable = now
+
+    # -- polling ---------------------------------------------------------------------------------------------
     def poll(self) -> None:
         """fstat every open file: growth, truncation, rewritten head. On the loop; cheap."""
         for tf in list(self.files.values()):
@@ -304,9 +229,7 @@ class Tailer:
             except OSError:
                 continue
             tf.size = st.st_size
-            if not tf.entry.gzip:
-                tf.entry.size = st.st_size
-            if tf.entry.gzip:
+            if tf.gzip:
                 continue
             if st.st_size < tf.reader.read_pos:
                 self._truncated(tf, f"size {st.st_size} below read offset {tf.reader.read_pos}")
@@ -314,42 +237,38 @@ class Tailer:
             if not self._refresh_fingerprint(tf):
                 self._truncated(tf, "first bytes changed")
                 continue
+            self.index.resized(tf.fid, tf.size, tf.fingerprint)
             if st.st_size > tf.reader.read_pos:
                 tf.waiting = False
 
     def _refresh_fingerprint(self, tf: TrackedFile) -> bool:
         """Read a plain file's head again: False if it no longer starts with the fingerprinted bytes
         (rewritten), else grow the fingerprint while the file is shorter than 1 KiB."""
-        if tf.entry.gzip or tf.fd is None:
+        if tf.gzip or tf.fd is None:
             return True
         head = os.pread(tf.fd, FP_BYTES, 0)
-        fp = tf.entry.fingerprint
-        if not fp.matches(head):
+        if not tf.fingerprint.matches(head):
             return False
-        if len(head) > fp.length:
-            new = Fingerprint.of(head)
-            tf.entry.fp_len, tf.entry.fp = new.length, new.digest
+        if len(head) > tf.fingerprint.length:
+            tf.fingerprint = Fingerprint.of(head)
         return True
 
     def _truncated(self, tf: TrackedFile, why: str) -> None:
         self.truncations += 1
         log.warning(
             "file truncated (copytruncate?); reading it again from offset 0; lines written after the last read and before the truncation are lost",
-            extra={"path": tf.entry.path, "why": why},
+            extra={"path": tf.path, "why": why},
         )
-        self.ledger.close(tf.fid)
-        self.budget.release(sum(n for _, n in tf.inflight))
         del self.files[tf.fid]
+        self.output.retired(tf.fid)
         head = os.pread(tf.fd, FP_BYTES, 0) if tf.fd is not None else b""
-        fp = Fingerprint.of(head)
-        tf.entry.fp_len, tf.entry.fp, tf.entry.offset, tf.entry.complete = fp.length, fp.digest, 0, False
         assert tf.reader is not None
         tf.reader.reset()
-        new = TrackedFile(fid=self._new_fid(), entry=tf.entry, family=tf.family, rank=tf.rank, fd=tf.fd, reader=tf.reader, size=tf.size)
+        new = TrackedFile(self._new_fid(), tf.path, tf.key, Fingerprint.of(head), tf.gzip, tf.family, tf.rank, fd=tf.fd, reader=tf.reader, size=tf.size)
         self.files[new.fid] = new
-        self.ledger.open(new.fid, 0)
+        self.index.truncated(tf.fid, new.fid, head)
 
-    # -- reading ---------------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------------------------
     def next_per_family(self) -> list[TrackedFile]:
         """The file to read next in each family: the oldest one not yet drained."""
         best: dict[str, TrackedFile] = {}
@@ -361,14 +280,12 @@ class Tailer:
                 best[tf.family] = tf
         return list(best.values())
 
-    def _read_one(self, tf: TrackedFile) -> tuple[Chunk | None, bool]:
-        """Read and process one chunk (worker thread). Returns (chunk, at_eof)."""
+    def _read(self, tf: TrackedFile) -> Lines:
+        """One chunk of whole lines (worker thread)."""
         assert tf.reader is not None
         lines = tf.reader.read()
         self.bytes_read += lines.raw_bytes
-        if not lines.lines and not lines.oversize:
-            return None, lines.eof or lines.gzip_incomplete
-        return self.processor.process(tf.fid, tf.entry.path, lines), lines.eof
+        return lines
 
     async def read_round(self) -> bool:
         """One chunk from the current file of each family. True if anything was read."""
@@ -376,71 +293,48 @@ class Tailer:
         for tf in self.next_per_family():
             if tf.waiting:
                 continue
-            if not await self._memory_room() or not await self._deadletters_written():
+            if not await self._room():
                 return progressed
             if tf.fid not in self.files or tf.reader is None:  # truncated/closed while waiting
                 continue
             try:
-                chunk, eof = await asyncio.to_thread(self._read_one, tf)
+                lines = await asyncio.to_thread(self._read, tf)
             except CorruptInputError as exc:
-                self._unreadable(tf, str(exc))
+                self._corrupt(tf, tf.reader.consumed if tf.reader is not None else 0, str(exc))
                 continue
             except OSError as exc:  # nothing was consumed: the same chunk is read again at the next look
-                self._read_failing[tf.entry.path] = Unreadable.of(tf.entry.path, exc)
+                self._read_failing[tf.path] = Unreadable.of(tf.path, exc)
                 self._set_unreadable({**self.unreadable, **self._read_failing})
                 tf.waiting = True
                 continue
-            if self._read_failing.pop(tf.entry.path, None) is not None:
-                self._set_unreadable({k: v for k, v in self.unreadable.items() if k != tf.entry.path})
-            if not tf.entry.fingerprint.full and tf.fd is not None:
+            if self._read_failing.pop(tf.path, None) is not None:
+                self._set_unreadable({k: v for k, v in self.unreadable.items() if k != tf.path})
+            if not tf.fingerprint.full and tf.fd is not None:
                 self._refresh_fingerprint(tf)  # a mismatch is the poll's to handle (truncation)
-            if chunk is not None:
+            if lines.lines or lines.oversize:
                 progressed = True
-                await self._dispatch(tf, chunk)
-            if eof and chunk is None:
+                await self.output.take(tf.fid, tf.path, lines)
+            elif lines.eof or lines.gzip_incomplete:
                 self._at_eof(tf)
                 if tf.drained_at is not None:  # drained: the family's next file can be read now, not after an idle poll
                     progressed = True
         return progressed
 
-    async def _memory_room(self) -> bool:
-        """While the events in memory are at memory_limit_bytes, wait for acknowledgements, and keep
-        discovering meanwhile: a backup that appears is opened at once (within max_open_files), so
-        kube-apiserver deleting it later (--audit-log-maxbackup) does not lose it. False if a stop came."""
-        if self.budget.has_room():
-            return True
-        self.budget.waits += 1
-        while not self.budget.has_room():
+    async def _room(self) -> bool:
+        """Wait while the output takes no more lines (memory used up, dead letters the disk refuses), and keep
+        discovering meanwhile: a backup that appears is opened at once (within max_open_files), so kube-apiserver
+        deleting it later (--audit-log-maxbackup) does not lose it. False if a stop came."""
+        room = self.output.room
+        while not room.is_set():
             if self._stop.is_set():
                 return False
-            await self._idle(self._stop, self.cfg.poll_interval_ms / 1000, self.budget.room)
+            await self._idle(self._stop, self.cfg.poll_interval_ms / 1000, room)
         return True
-
-    async def _deadletters_written(self) -> bool:
-        """While the dead-letter store holds records the state directory refused (a full disk), read
-        nothing more: retry its writes with backoff. False if a stop came first."""
-        deadletter = self.processor.deadletter
-        delay = 0.25
-        while not deadletter.writable and not await asyncio.to_thread(deadletter.flush):
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-                return False
-            delay = min(DEADLETTER_RETRY_MAX_S, delay * 2)
-        return True
-
-    async def _dispatch(self, tf: TrackedFile, chunk: Chunk) -> None:
-        tf.emitted_end = chunk.end
-        if chunk.records:
-            self.budget.charge(chunk.nbytes)
-            tf.inflight.append((chunk.end, chunk.nbytes))
-            await self.emit(chunk)
-        else:
-            self.ledger.ack_all(tf.fid, chunk.start, chunk.end)
 
     def _at_eof(self, tf: TrackedFile) -> None:
         assert tf.reader is not None
         rotated = tf.rank[0] == 0 or not tf.on_disk
-        if tf.entry.gzip:
+        if tf.gzip:
             if not tf.reader.gz_done:
                 tf.waiting = True  # still being compressed: look again later
                 return
@@ -448,37 +342,26 @@ class Tailer:
         if not rotated:
             tf.waiting = True
             return
-        if tf.reader._pending or tf.reader._skipping:  # rotated file ending without a newline: ship nothing of it
-            log.warning("rotated file ends with an incomplete line; it is dead-lettered", extra={"path": tf.entry.path, "offset": tf.reader.consumed})
-            self.processor.deadletter.add(
-                reason="incomplete last line of a rotated file",
-                sink=None,
-                path=tf.entry.path,
-                offset=tf.reader.consumed,
-                length=tf.reader.read_pos - tf.reader.consumed,
-                event=None,
-            )
-            self.processor.count("deadletter:incomplete")
+        end = tf.reader.consumed
+        if tf.reader.read_pos > end:  # a rotated file ending without a newline: that tail is all there will be
+            log.warning("rotated file ends in an incomplete line; recorded as a dead letter", extra={"path": tf.path, "offset": end})
+            self.output.incomplete_tail(tf.fid, tf.path, end, tf.reader.read_pos - end)
             end = tf.reader.read_pos
-            tf.emitted_end = end
-            self.ledger.ack_all(tf.fid, tf.reader.consumed, end)
-        else:
-            end = tf.reader.consumed
         tf.drained_at = end
         tf.close()
-        log.info("file drained", extra={"path": tf.entry.path, "offset": end})
-        self.on_advance(tf.fid, self.ledger.offset(tf.fid) or 0)
+        log.info("file drained", extra={"path": tf.path, "offset": end})
+        self.index.drained(tf.fid, end)
 
     def caught_up(self) -> bool:
         return all(tf.waiting for tf in self.next_per_family())
 
-    # -- main loop -------------------------------------------------------------------------------
+    # -- main loop -------------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, *, once: bool = False) -> None:
         self._stop = stop
-        self.scan()
         self.hints = ChangeHints(asyncio.get_running_loop(), watch_dirs(self.cfg.paths))
         if not once:
             self.hints.start()
+        self.scan()
         poll_s = self.cfg.poll_interval_ms / 1000
         try:
             while not stop.is_set():
@@ -519,14 +402,14 @@ class Tailer:
             self.scan()
         self.poll()
         for tf in self.files.values():
-            if tf.waiting and (not tf.on_disk or tf.rank[0] == 0 or tf.entry.gzip):
+            if tf.waiting and (not tf.on_disk or tf.rank[0] == 0 or tf.gzip):
                 tf.waiting = False  # rotated or deleted since: read it to its end
             elif tf.waiting and tf.reader is not None and tf.size > tf.reader.read_pos:
                 tf.waiting = False
 
     def at_risk(self) -> list[str]:
         """Files being read that are the oldest backup of their family on disk (next to be deleted)."""
-        return [tf.entry.path for tf in self.next_per_family() if tf.rank[0] == 0 and self._oldest_backup.get(tf.family) == tf.entry.path]
+        return [tf.path for tf in self.next_per_family() if tf.rank[0] == 0 and self._oldest_backup.get(tf.family) == tf.path]
 
     def reconfigure(self, cfg: InputConfig) -> None:
         """New input settings from a reload: globs are re-evaluated at the next look; files that no
@@ -535,13 +418,6 @@ class Tailer:
         if self.hints is not None:
             self.hints.rescan = True
             self.hints.wake.set()
-
-    def emitted_offsets(self) -> dict[int, int]:
-        """Per open file, the end of what has been handed to the sinks (where a new sink starts)."""
-        return {fid: max(tf.emitted_end, tf.entry.offset) for fid, tf in self.files.items()}
-
-    def bytes_behind(self) -> dict[str, int]:
-        return {tf.entry.path: max(0, tf.size - tf.entry.offset) for tf in self.files.values() if not tf.entry.complete and not tf.entry.gzip}
 
     def close(self) -> None:
         for tf in self.files.values():

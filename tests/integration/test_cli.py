@@ -82,7 +82,7 @@ def test_state_dir_is_locked_against_a_second_agent(tmp_path: Path) -> None:
             from kube_audit_shipper.errors import StateError
 
             with pytest.raises(StateError, match="in use by another"):
-                await Agent(cfg).run(install_signals=False)
+                await Agent(cfg).run()
 
     asyncio.run(scenario())
 
@@ -94,7 +94,7 @@ def test_metrics_endpoint_serves_prometheus_text(tmp_path: Path) -> None:
 
     async def scenario() -> str:
         async with Running(cfg) as run:
-            await until(lambda: run.agent.metrics_state()["shipped"]["archive"][0] == 40, what="shipping")
+            await until(lambda: run.agent.metrics_state().shipped["archive"][0] == 40, what="shipping")
             await run.agent.write_checkpoint()
             port = run.agent_server_port()  # type: ignore[attr-defined]
             body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())

@@ -144,7 +144,7 @@ def sample(agent: Agent, metric: str, **labels: str) -> float:
 async def run_once_here(cfg: Config, sinks: list[Any]) -> Agent:
     """run --once in the test's own event loop (harness.run_once starts a loop of its own)."""
     agent = Agent(cfg, sinks=sinks)
-    assert await agent.run(once=True, install_signals=False) == 0
+    assert await agent.run(once=True) == 0
     return agent
 
 
@@ -156,7 +156,7 @@ def check_conservation(agent: Agent, tmp: Path, server: FaultServer, written: li
     """Every event at the archive and at flaky or in flaky's dead letters (never both), and the
     counters of this one run account for each: shipped + rejected + given up == read, per sink."""
     st = agent.metrics_state()
-    assert st["events_read"] == len(written)
+    assert st.events_read == len(written)
     got = archive_ids(tmp)
     assert set(got) == set(written)
     if archive_once:
@@ -169,12 +169,12 @@ def check_conservation(agent: Agent, tmp: Path, server: FaultServer, written: li
     assert not stored & set(dead_ids), f"stored and dead-lettered: {sorted(stored & set(dead_ids))[:5]}"
     assert stored | set(dead_ids) == set(written), f"lost: {sorted(set(written) - stored - set(dead_ids))[:5]}"
     fl = runner(agent, "flaky")
-    assert st["shipped"]["flaky"][0] + st["sink_rejected"]["flaky"] + fl.gave_up_events == len(written)
-    assert st["shipped"]["archive"][0] == len(written)
-    assert st["sink_rejected"]["flaky"] == fl.rejected_events
+    assert st.shipped["flaky"][0] + st.sink_rejected["flaky"] + fl.gave_up_events == len(written)
+    assert st.shipped["archive"][0] == len(written)
+    assert st.sink_rejected["flaky"] == fl.rejected_events
     kinds = Counter("retry_exhausted" if "gave up" in r["reason"] else "other" for r in dead)
     assert fl.gave_up_events == kinds["retry_exhausted"]
-    assert st["sink_rejected"]["flaky"] == kinds["other"]
+    assert st.sink_rejected["flaky"] == kinds["other"]
     for kind in ("rejected", "too_large", "retry_exhausted"):
         value = agent.metrics.registry.get_sample_value(P + "sink_events_deadlettered_total", {"sink": "flaky", "reason": kind}) or 0
         assert value == sum(1 for r in dead if _kind(r) == kind), kind
@@ -396,7 +396,7 @@ def test_a_rejected_event_over_max_event_bytes_keeps_its_location_in_the_dead_le
     cfg = config(tmp_path, deadletter={"max_event_bytes": 1024})
     agent = run_once(cfg, sinks=sinks_for(cfg, server))
     assert server.stored_ids() == set(written) - {written[10]}
-    assert agent.metrics_state()["sink_rejected"]["flaky"] == 1
+    assert agent.metrics_state().sink_rejected["flaky"] == 1
     (rec,) = dead_letters(tmp_path)
     assert rec["sink"] == "flaky" and "event too large for the backend" in rec["reason"]
     assert checkpoint_offset(tmp_path) == (tmp_path / "log" / "audit.log").stat().st_size
@@ -498,7 +498,7 @@ async def test_two_sinks_one_down_for_a_while_other_keeps_shipping_spool_grows_a
             expected = len(written)
             await until(lambda n=expected: len(set(archive_ids(tmp_path, include_tmp=True))) == n, what="archive keeps shipping")
         assert server.stored_ids() == set()
-        assert fl.spooled_batches > 0 and agent.metrics_state()["spool_bytes"]["flaky"] > 0
+        assert fl.spooled_batches > 0 and agent.metrics_state().spool_bytes["flaky"] > 0
         assert sample(agent, "spool_batches_total", sink="flaky") == fl.spooled_batches
         assert fl.spool is not None
         spooled_max = fl.spool.unacked_count
@@ -530,12 +530,12 @@ async def test_a_down_sink_with_spool_room_does_not_hold_back_the_reader_or_the_
         agent = run.agent
 
         def settled() -> bool:  # the archive has everything, and every flaky batch is in its spool (acknowledged)
-            return len(set(archive_ids(tmp_path, include_tmp=True))) == len(written) and agent.tailer is not None and agent.tailer.entries[0].offset == size
+            return len(set(archive_ids(tmp_path, include_tmp=True))) == len(written) and agent.records is not None and agent.records.records[0].offset == size
 
         with contextlib.suppress(AssertionError):  # a stall: the assertions below say where it stopped
             await until(settled, what="the archive complete and the reader at the end")
         archived_while_down = len(set(archive_ids(tmp_path, include_tmp=True)))
-        offset_while_down = agent.tailer.entries[0].offset if agent.tailer else -1
+        offset_while_down = agent.records.records[0].offset if agent.records else -1
         state = agent.metrics_state()
         server.up()  # let the test end cleanly either way
         await until(lambda: server.stored_ids() == set(written), what="flaky catches up")
@@ -578,7 +578,7 @@ async def test_spool_full_holds_the_reader_back_and_nothing_is_lost(tmp_path: Pa
             await asyncio.sleep(0.5)  # nothing may happen now: 0.5 s in which a reader that does not wait reads on
             assert (agent.tailer.bytes_read if agent.tailer else 0) == read_while_full  # held back, not dropping
             st = agent.metrics_state()
-            assert st["spool_full_waits"]["flaky"] > 0 and st["backpressure_waits"] > 0
+            assert st.spool_full_waits["flaky"] > 0 and st.backpressure_waits > 0
             assert sample(agent, "spool_full_waits_total", sink="flaky") > 0
             assert sample(agent, "reader_backpressure_waits_total") > 0
             warnings = [r for r in caplog.records if "spool full" in r.getMessage()]
@@ -597,13 +597,13 @@ async def test_spool_full_holds_the_reader_back_and_nothing_is_lost(tmp_path: Pa
 @pytest.mark.asyncio
 async def test_memory_in_flight_stays_under_the_limit_across_sinks(tmp_path: Path, server: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
     largest = [0]
-    emit = Agent._emit
+    handoff = Agent._handoff
 
-    async def spy_emit(self: Agent, chunk: Any) -> None:
-        largest[0] = max(largest[0], chunk.nbytes)
-        await emit(self, chunk)
+    async def spy_handoff(self: Agent, events: Any, alerts: Any) -> None:
+        largest[0] = max(largest[0], events.nbytes)
+        await handoff(self, events, alerts)
 
-    monkeypatch.setattr(Agent, "_emit", spy_emit)
+    monkeypatch.setattr(Agent, "_handoff", spy_handoff)
     lines = padded_lines(2500, pad=400, seed=5)
     server.default = slow(0.03)
     limit, chunk = MiB, 64 * 1024
@@ -664,8 +664,8 @@ async def test_out_of_order_acknowledgements_never_move_the_checkpoint_past_a_ga
         for _ in range(10):  # nothing may pass the gap: ~10 checkpoint writes (every 50 ms) while later batches are acknowledged
             await asyncio.sleep(0.06)
             assert checkpoint_offset(tmp_path) <= gap
-            assert agent.tailer is not None and agent.tailer.entries[0].offset <= gap
-        assert sum(agent.tailer.ledger.behind(1).values()) > 0  # ranges wait past the gap
+            assert agent.records is not None and agent.records.records[0].offset <= gap
+        assert agent.ledger is not None and sum(agent.ledger.behind(1).values()) > 0  # ranges wait past the gap
         gate["open"] = True  # the client times out (1.5 s) and the retry is answered at once
         await until(lambda: server.stored_ids() == set(written), what="the slow batch")
         await until(lambda: checkpoint_offset(tmp_path) == (tmp_path / "log" / "audit.log").stat().st_size, what="checkpoint at the end")
@@ -697,7 +697,7 @@ async def test_sigterm_spools_what_is_in_flight_checkpoints_and_the_restart_deli
     again = await run_once_here(cfg, sinks_for(cfg, server))
     assert server.stored_ids() == set(written)
     assert max(server.stored.values()) == 1
-    assert again.metrics_state()["events_read"] == 0  # nothing read twice: it came from the spool
+    assert again.metrics_state().events_read == 0  # nothing read twice: it came from the spool
     assert Counter(archive_ids(tmp_path)) == Counter(written)  # the archive got nothing again
     assert checkpoint_offset(tmp_path) == size
 
@@ -718,7 +718,7 @@ async def test_sigterm_without_spool_never_checkpoints_what_a_sink_has_not_ackno
     server.up()
     again = await run_once_here(cfg, sinks_for(cfg, server))
     assert server.stored_ids() == set(written)
-    assert again.metrics_state()["events_read"] == 500  # read again: nothing was lost
+    assert again.metrics_state().events_read == 500  # read again: nothing was lost
     assert set(archive_ids(tmp_path)) == set(written)
     assert checkpoint_offset(tmp_path) == (tmp_path / "log" / "audit.log").stat().st_size
 

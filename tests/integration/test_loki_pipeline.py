@@ -70,7 +70,7 @@ def test_a_real_audit_log_reaches_loki_once_per_event(loki_server: LokiServer, t
     stored = loki_server.lines()
     assert Counter(ids(stored)) == Counter(ids(lines))  # every auditID, once
     assert dead_letters(tmp_path) == []
-    assert agent.metrics_state()["shipped"]["loki"][0] == len(lines)
+    assert agent.metrics_state().shipped["loki"][0] == len(lines)
     for labels, entries in loki_server.stored().items():
         assert labels.startswith('{cluster="c0123", job="kube-audit", node="cp-test", service_name="kube-audit"')
         for e in entries:

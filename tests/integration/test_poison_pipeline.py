@@ -120,8 +120,8 @@ def test_poison_lines_reach_every_sink_and_never_stop_the_agent(loki_server: Lok
     assert Counter(audit_id(r) for r in archived) == expected  # every event, once, in the file sink
     assert Counter(audit_id(r) for r in loki_server.lines()) == expected  # and in Loki
     state = agent.metrics_state()
-    assert state["shipped"]["archive"][0] == state["shipped"]["loki"][0] == sum(expected.values())
-    assert state["deadlettered"] == {"malformed": lines.count(not_json[0]) + lines.count(not_json[1])}
+    assert state.shipped["archive"][0] == state.shipped["loki"][0] == sum(expected.values())
+    assert state.deadlettered == {"malformed": lines.count(not_json[0]) + lines.count(not_json[1])}
     letters = dead_letters(tmp_path)
     assert sorted(r["event"].encode() for r in letters) == sorted(line for line in lines if line in not_json)
     for letter in letters:
@@ -142,5 +142,5 @@ def test_poison_lines_reach_every_sink_and_never_stop_the_agent(loki_server: Lok
 
     # a restart finds nothing left: no crash, nothing shipped or dead-lettered twice
     again = run_once(cfg)
-    assert again.metrics_state()["shipped"]["archive"][0] == 0
+    assert again.metrics_state().shipped["archive"][0] == 0
     assert len(sink_lines(tmp_path / "out")) == len(archived) and len(dead_letters(tmp_path)) == len(letters)

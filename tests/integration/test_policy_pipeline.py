@@ -22,9 +22,9 @@ def test_policy_trims_drops_counts_and_enriches(tmp_path: Path) -> None:
     agent = run_once(cfg)
     out = [msgspec.json.decode(x) for x in sink_lines(tmp_path / "out")]
     state = agent.metrics_state()
-    dropped = sum(state["dropped"].values())
+    dropped = sum(state.dropped.values())
     assert dropped > 0 and len(out) + dropped == len(lines)
-    assert state["shipped"]["archive"][0] == len(out)
+    assert state.shipped["archive"][0] == len(out)
     by_id = {e["auditID"]: e for e in (msgspec.json.decode(x) for x in lines)}
     for event in out:
         original = by_id[event["auditID"]]
@@ -38,7 +38,7 @@ def test_policy_trims_drops_counts_and_enriches(tmp_path: Path) -> None:
         if secret_body:
             assert "requestObject" not in event  # the sample policy keeps Secrets at Metadata
     # per-rule drop counters name the rule that decided
-    assert all(rule.startswith("rule[") or rule == "no-match" for (_, rule) in state["dropped"])
+    assert all(rule.startswith("rule[") or rule == "no-match" for (_, rule) in state.dropped)
 
 
 def test_invalid_policy_stops_run_with_every_error(tmp_path: Path) -> None:
@@ -52,5 +52,5 @@ def test_invalid_policy_stops_run_with_every_error(tmp_path: Path) -> None:
     import asyncio
 
     with pytest.raises(PolicyError) as info:
-        asyncio.run(Agent(cfg).run(install_signals=False))
+        asyncio.run(Agent(cfg).run())
     assert len([p for p in info.value.problems if not p.startswith("warning")]) >= 2

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
+from kube_audit_shipper.app import reload
 from tests.support.corpus import REPO, numbered_lines
 from tests.support.harness import append, sink_lines
 from tests.support.wait import until_blocking
@@ -154,10 +155,10 @@ def test_apply_removes_a_sink_and_checkpoints_stop_waiting_for_it(tmp_path: Path
         async with Running(cfg, sinks=sinks) as run:
             agent = run.agent
             await until(lambda: len(sink_lines(tmp_path / "out", include_tmp=True)) == 300, what="sink a")
-            assert agent.tailer.entries[0].offset == 0  # type: ignore[union-attr]  # b holds the checkpoint
+            assert agent.records.records[0].offset == 0  # type: ignore[union-attr]  # b holds the checkpoint
             new = parse({**base, "sinks": base["sinks"][:1]})
-            assert await agent.apply(new, agent.processor.transform)  # type: ignore[union-attr]
-            await until(lambda: agent.tailer.entries[0].offset == log.stat().st_size, what="checkpoint after removing b")  # type: ignore[union-attr]
+            assert await reload.apply(agent, new, agent.processor.transform)  # type: ignore[union-attr]
+            await until(lambda: agent.records.records[0].offset == log.stat().st_size, what="checkpoint after removing b")  # type: ignore[union-attr]
             assert [r.name for r in agent.runners] == ["a"]
             await run.stop()
             return len(sink_lines(tmp_path / "out"))
@@ -198,14 +199,14 @@ def test_changing_a_failing_sink_restarts_the_pipeline_instead_of_stranding_its_
         cfg = parse(base)
         async with Running(cfg, sinks=[Down(FileSinkConfig(name="a", path=str(tmp_path / "out")))]) as run:
             agent = run.agent
-            await until(lambda: agent.metrics_state()["events_read"] == 100, what="read")
+            await until(lambda: agent.metrics_state().events_read == 100, what="read")
             # read is not yet handed to the sink: wait until the failing sink holds a batch, which the change strands
             await until(lambda: sending, what="a batch in flight to the failing sink")
             fixed = parse({**base, "sinks": [{**base["sinks"][0], "compression": "none"}]})
-            assert await agent.apply(fixed, agent.processor.transform)  # type: ignore[union-attr]
+            assert await reload.apply(agent, fixed, agent.processor.transform)  # type: ignore[union-attr]
             await until(lambda: agent.stop_event.is_set(), what="a restart requested")
             rc = await asyncio.wait_for(run.task, 10)  # type: ignore[arg-type]
-            return agent.restart_with is fixed, agent.tailer.entries[0].offset == 0, rc  # type: ignore[union-attr]
+            return agent.restart_with is fixed, agent.records.records[0].offset == 0, rc  # type: ignore[union-attr]
 
     same, nothing_checkpointed, rc = asyncio.run(scenario())
     assert same and nothing_checkpointed and rc == 0  # the new pipeline re-reads from 0

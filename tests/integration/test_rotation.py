@@ -222,7 +222,7 @@ def test_bad_lines_go_to_dead_letters_with_location(tmp_path: Path) -> None:
     oversize = [r for r in records if "max_line_bytes" in r["reason"]]
     assert oversize and "event" not in oversize[0] and oversize[0]["source"]["length"] == 5001
     state = agent.metrics_state()
-    assert state["deadlettered"] == {"malformed": 3, "oversize": 1}
+    assert state.deadlettered == {"malformed": 3, "oversize": 1}
     assert json.loads(json.dumps(records))  # plain JSON on disk
 
 
@@ -266,7 +266,7 @@ def test_oldest_backup_being_read_is_flagged_at_risk(tmp_path: Path, caplog: pyt
         async with Running(cfg, sinks=[sink]) as run:
             await until(lambda: run.agent.budget.waits > 0, what="reader held back")
             at_risk = run.agent.tailer.at_risk()  # type: ignore[union-attr]
-            flagged = run.agent.metrics_state()["files_at_risk"]
+            flagged = run.agent.metrics_state().files_at_risk
             gate.set()
             await until(lambda: len(sink_lines(tmp_path / "out", include_tmp=True)) >= 3020, what="everything")
             after = len(run.agent.tailer.at_risk())  # type: ignore[union-attr]

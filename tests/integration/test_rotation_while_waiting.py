@@ -85,20 +85,20 @@ class ApiServerLog:
 
 def open_paths(agent: Agent) -> set[str]:
     assert agent.tailer is not None
-    return {tf.entry.path for tf in agent.tailer.files.values() if tf.fd is not None}
+    return {tf.path for tf in agent.tailer.files.values() if tf.fd is not None}
 
 
 def held_paths(agent: Agent) -> set[str]:
     """Files whose content the agent can still ship whatever happens on disk: open, or read to their end."""
     assert agent.tailer is not None
-    return {tf.entry.path for tf in agent.tailer.files.values() if tf.fd is not None or tf.drained_at is not None}
+    return {tf.path for tf in agent.tailer.files.values() if tf.fd is not None or tf.drained_at is not None}
 
 
 @pytest.mark.asyncio
 async def test_backups_rotated_and_deleted_while_the_reader_waits_are_not_lost(tmp_path: Path, server: FaultServer) -> None:
     server.down()
     log = ApiServerLog(tmp_path / "log")
-    lines = numbered_lines(2400, prefix="w")
+    lines = numbered_lines(6000, prefix="w")  # about 4 MB: well past memory_limit_bytes (1 MiB) while the sink is down
     async with Running(config(tmp_path), sinks=sinks(config(tmp_path), server)) as run:
         agent = run.agent
         for i in range(0, len(lines), 100):
@@ -112,7 +112,7 @@ async def test_backups_rotated_and_deleted_while_the_reader_waits_are_not_lost(t
         assert agent.budget.waits > 0, "the reader never waited: the test did not reach memory_limit_bytes"
         server.up()
         await until(lambda: server.stored_ids() == {audit_id(x) for x in lines}, timeout_s=60, what="every event delivered once the sink is back")
-        assert agent.tailer is not None and agent.tailer.lost_files == 0
+        assert agent.records is not None and agent.records.lost_files == 0
 
 
 @pytest.mark.asyncio
@@ -139,15 +139,11 @@ async def test_a_backup_deleted_before_it_could_be_opened_is_an_error_and_counte
         while (backup := log.write(lines[i : i + 100])) is None:
             i += 100
             assert i < len(lines), "not enough lines for a third rotation"
-        deferred = agent.tailer._deferred
-        await until(
-            lambda: any(f.path == str(backup) for f in deferred.values()) or any(f.path == str(backup) for f in agent.tailer._deferred.values()),
-            what="a backup found but not opened",
-        )
+        await until(lambda: any(f.path == str(backup) for f in agent.tailer._deferred.values()), what="a backup found but not opened")
         size = backup.stat().st_size
         backup.unlink()  # removed before the agent could open it: its events are gone
-        await until(lambda: agent.tailer.lost_files == 1, what="the lost backup counted")
-        assert agent.tailer.lost_bytes == size
+        await until(lambda: agent.records.lost_files == 1, what="the lost backup counted")
+        assert agent.records.lost_bytes == size
         assert agent.metrics.registry.get_sample_value("kube_audit_shipper_source_lost_bytes_total") == size
         assert agent.metrics.registry.get_sample_value("kube_audit_shipper_source_lost_files_total") == 1
     [error] = [r for r in caplog.records if r.getMessage().startswith("input file lost")]
@@ -177,8 +173,8 @@ async def test_a_file_deleted_while_the_agent_was_not_running_is_an_error_and_co
     backup.unlink()  # deleted while the agent is not running
     caplog.clear()
     async with Running(cfg, sinks=sinks(cfg, server)) as run:
-        await until(lambda: run.agent.metrics_state()["lost_files"] == 1, what="the lost file counted at start")
-        assert run.agent.metrics_state()["lost_bytes"] == unread
+        await until(lambda: run.agent.metrics_state().lost_files == 1, what="the lost file counted at start")
+        assert run.agent.metrics_state().lost_bytes == unread
     [error] = [r for r in caplog.records if r.getMessage().startswith("input file lost")]
     assert error.path == str(backup) and error.unread_bytes == unread  # type: ignore[attr-defined]
     assert "while the agent was not running" in error.why  # type: ignore[attr-defined]

@@ -55,7 +55,7 @@ def test_run_once_ships_every_event_to_objects(s3_server: SeaweedS3, tmp_path: P
     sink = agent.runners[0].sink
     assert isinstance(sink, S3Sink) and sink.upload_state == "ok" and sink.staged_objects == 0
     assert sorted(p.name for p in (tmp_path / "state" / "s3" / "archive").iterdir()) == ["seq"]
-    assert agent.metrics_state()["shipped"]["archive"][0] == len(got)
+    assert agent.metrics_state().shipped["archive"][0] == len(got)
 
 
 @pytest.mark.asyncio

@@ -32,7 +32,7 @@ def make_config(tmp: Path, *, paths: list[str] | None = None, sink: dict[str, An
 
 def run_once(cfg: Config, **kw: Any) -> Agent:
     agent = Agent(cfg, **kw)
-    assert asyncio.run(agent.run(once=True, install_signals=False)) == 0
+    assert asyncio.run(agent.run(once=True)) == 0
     return agent
 
 
@@ -95,7 +95,7 @@ class Running:
 
     async def __aenter__(self) -> Running:
         ready = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self.agent.run(install_signals=False, on_ready=lambda _a: ready.set()))
+        self.task = asyncio.get_running_loop().create_task(self.agent.run(on_ready=lambda _a: ready.set()))
         await asyncio.wait([self.task, asyncio.ensure_future(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
         if self.task.done():
             self.task.result()

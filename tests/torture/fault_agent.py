@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -36,7 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     logs.setup("warning", "text")
     cfg = load(args.config)
-    return asyncio.run(Agent(cfg, sinks=build_sinks(cfg, args.url, args.timeout)).run(once=args.once))
+    return asyncio.run(_run(Agent(cfg, sinks=build_sinks(cfg, args.url, args.timeout)), once=args.once))
+
+
+async def _run(agent: Agent, *, once: bool) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # as the service does: a clean stop on SIGTERM
+        loop.add_signal_handler(sig, agent.request_stop)
+    return await agent.run(once=once)
 
 
 if __name__ == "__main__":

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from kube_audit_shipper.checkpoint.store import VERSION, CheckpointStore, Entry, write_atomic
+from kube_audit_shipper.checkpoint.files import FileRecord
+from kube_audit_shipper.checkpoint.store import VERSION, CheckpointStore
+from kube_audit_shipper.durable import write_atomic
 from kube_audit_shipper.errors import StateError
-from kube_audit_shipper.source.identity import Fingerprint
+from kube_audit_shipper.model import Fingerprint
 
 
-def entries() -> list[Entry]:
+def entries() -> list[FileRecord]:
     return [
-        Entry(path="/var/log/kubernetes/audit/audit.log", dev=64768, ino=1312, fp_len=1024, fp="00112233445566aa", offset=777),
-        Entry(
+        FileRecord(path="/var/log/kubernetes/audit/audit.log", dev=64768, ino=1312, fp_len=1024, fp="00112233445566aa", offset=777),
+        FileRecord(
             path="/var/log/kubernetes/audit/audit-2026-11-22T10-00-00.000.log",
             dev=64768,
             ino=1311,
@@ -26,7 +28,7 @@ def entries() -> list[Entry]:
             complete=True,
             gone_since=None,
         ),
-        Entry(
+        FileRecord(
             path="/var/log/kubernetes/audit/audit-2026-11-21T10-00-00.000.log.gz",
             dev=64768,
             ino=99,
@@ -39,7 +41,7 @@ def entries() -> list[Entry]:
     ]
 
 
-def key(e: Entry) -> tuple[str, int, int]:
+def key(e: FileRecord) -> tuple[str, int, int]:
     return (e.path, e.dev, e.ino)
 
 
@@ -68,7 +70,21 @@ def test_file_format(tmp_path: Path) -> None:
     assert doc["version"] == VERSION == 1
     assert isinstance(doc["written_at"], float)
     assert {f["ino"] for f in doc["files"]} == {1311, 1312, 99}
-    assert set(doc["files"][0]) == {"path", "dev", "ino", "fp_len", "fp", "gzip", "offset", "complete", "gone_since", "size", "lost"}
+    assert set(doc["files"][0]) == {
+        "path",
+        "dev",
+        "ino",
+        "fp_len",
+        "fp",
+        "gzip",
+        "offset",
+        "complete",
+        "gone_since",
+        "size",
+        "lost",
+        "detected_upto",
+        "pending_alerts",
+    }
 
 
 def test_a_checkpoint_written_before_size_and_lost_existed_still_loads(tmp_path: Path) -> None:
@@ -93,7 +109,7 @@ def test_unchanged_state_is_not_rewritten(tmp_path: Path) -> None:
     content = (tmp_path / "checkpoints.json").read_bytes()
     assert store.save(es) is False
     assert store.save(list(reversed(es))) is False  # order does not matter
-    assert store.save([Entry(**{f: getattr(e, f) for f in e.__struct_fields__}) for e in es]) is False  # equal copies
+    assert store.save([FileRecord(**{f: getattr(e, f) for f in e.__struct_fields__}) for e in es]) is False  # equal copies
     assert store.writes == 1
     assert (tmp_path / "checkpoints.json").read_bytes() == content
     assert (tmp_path / "checkpoints.json").stat().st_mtime_ns == mtime

@@ -1,18 +1,20 @@
-"""Unit tests for kube_audit_shipper.process.decode: event checks and chunk building."""
+"""Unit tests for kube_audit_shipper.process.check and process.lines: event checks and chunk building."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.errors import MalformedEventError
-from kube_audit_shipper.model import Chunk
-from kube_audit_shipper.process.decode import LineProcessor, check_event
-from kube_audit_shipper.source.reader import LineReader, Lines
+from kube_audit_shipper.model import Chunk, Lines
+from kube_audit_shipper.process.check import check_event
+from kube_audit_shipper.source.reader import LineReader
 from tests.support.corpus import DATA
+from tests.support.line_processing import ProcessingWithDeadLetters as LineProcessor
 
 CORPUS_DIR = DATA / "real-audit"
 MiB = 1 << 20
@@ -204,6 +206,9 @@ class MarkerTransform:
 
     def __init__(self) -> None:
         self.n = 0
+
+    def run(self, line: bytes, *, detect: bool = True) -> tuple[bytes | None, list[Any]]:
+        return self.apply(line), []
 
     def apply(self, line: bytes) -> bytes | None:
         self.n += 1

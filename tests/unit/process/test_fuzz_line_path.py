@@ -29,13 +29,13 @@ from hypothesis import strategies as st
 
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.jsonscan import check_object
-from kube_audit_shipper.process.decode import LineProcessor
 from kube_audit_shipper.process.enrich.config import EnrichConfig, RedactConfig
 from kube_audit_shipper.process.policy.load import parse_policy
 from kube_audit_shipper.process.policy.match import compile_policy
 from kube_audit_shipper.process.transform import build_transform
 from kube_audit_shipper.sinks.registry import SINK_CONFIGS, build_sink
 from kube_audit_shipper.source.reader import LineReader
+from tests.support.line_processing import ProcessingWithDeadLetters as LineProcessor
 
 MiB = 1 << 20
 RECURSION_LIMIT_DEPTH = 1000  # msgspec's nesting depth follows sys.getrecursionlimit()

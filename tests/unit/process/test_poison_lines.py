@@ -17,16 +17,17 @@ import pytest
 
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.jsonscan import check_object, object_members
-from kube_audit_shipper.model import Chunk
-from kube_audit_shipper.process.decode import MAX_REASON_CHARS, LineProcessor
+from kube_audit_shipper.model import Chunk, Lines
 from kube_audit_shipper.process.enrich.config import EnrichConfig, RedactConfig
 from kube_audit_shipper.process.enrich.redact import WITHHELD_KEY
+from kube_audit_shipper.process.lines import MAX_REASON_CHARS
 from kube_audit_shipper.process.policy.event import BODY_NOTE_ANNOTATION, NOTES_FIELD, decode_event
 from kube_audit_shipper.process.policy.load import parse_policy
 from kube_audit_shipper.process.policy.match import compile_policy
 from kube_audit_shipper.process.transform import Transform, build_transform
-from kube_audit_shipper.source.reader import LineReader, Lines
+from kube_audit_shipper.source.reader import LineReader
 from tests.support.corpus import numbered_lines
+from tests.support.line_processing import ProcessingWithDeadLetters as LineProcessor
 
 MiB = 1 << 20
 DEEP = 5000  # far past Python's recursion limit (1000), which msgspec's nesting depth follows
@@ -287,6 +288,9 @@ class FaultyTransform:
         self.inner = make_transform()
         self.trigger = trigger
         self.exc = exc
+
+    def run(self, line: bytes, *, detect: bool = True) -> tuple[bytes | None, list[Any]]:
+        return self.apply(line), []
 
     def apply(self, line: bytes) -> bytes | None:
         if self.trigger in line:

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kube_audit_shipper.model import Lines
 from kube_audit_shipper.source import reader as reader_mod
-from kube_audit_shipper.source.reader import CorruptInputError, LineReader, Lines
+from kube_audit_shipper.source.reader import CorruptInputError, LineReader
 from tests.support.corpus import DATA
 
 CORPUS_DIR = DATA / "real-audit"

@@ -3,7 +3,7 @@
 SIGTERM/SIGINT stop the agent cleanly (a second one forces). SIGHUP re-reads the config file and the
 policy it names and validates both first; an invalid new config is rejected with every error logged and
 counted (`kube_audit_shipper_config_reloads_total{result="failed"}`), and the old one keeps running.
-A valid one takes effect without losing or duplicating events (`Agent.apply`):
+A valid one takes effect without losing or duplicating events (app/reload.py):
 - policy/enrichment (or just the policy file's content): the new transform is swapped in between two
   chunks; inputs: globs re-evaluated at once; memory limit: changed in place;
 - sinks: an unchanged sink keeps running untouched; a changed one gets a new runner for the chunks
@@ -24,7 +24,9 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-from kube_audit_shipper.app import Agent, build_transform
+from kube_audit_shipper.app import reload
+from kube_audit_shipper.app.build import build_detection, load_transform
+from kube_audit_shipper.app.pipeline import Agent
 from kube_audit_shipper.config import Config, load
 from kube_audit_shipper.errors import ConfigError, PolicyError
 from kube_audit_shipper.obs.metrics import Metrics
@@ -55,7 +57,7 @@ class Service:
             self._notify("reloading")
             try:
                 new = await asyncio.to_thread(load, self.config_path)
-                transform = await asyncio.to_thread(build_transform, new)
+                transform = await asyncio.to_thread(lambda: load_transform(new, build_detection(new)))
             except (ConfigError, PolicyError) as exc:
                 self.metrics.config_reloads.labels("failed").inc()
                 log.error("reload rejected; the running config stays in effect:\n%s", exc, extra={"config": self.config_path})
@@ -70,7 +72,7 @@ class Service:
                 self.metrics.config_reloads.labels("restarted").inc()
                 self._notify("ready")
                 return True
-            if await agent.apply(new, transform):
+            if await reload.apply(agent, new, transform):
                 self.cfg = new
                 self.metrics.config_reloads.labels("applied").inc()
                 log.info("reload applied while running", extra={"config": self.config_path})
@@ -91,7 +93,7 @@ class Service:
         try:
             while True:
                 self.agent = Agent(self.cfg, metrics=self.metrics, notifier=self.notifier, scrub=self.scrub)
-                rc = await self.agent.run(once=once, install_signals=False)
+                rc = await self.agent.run(once=once)
                 if self._next_cfg is None and self.agent.restart_with is not None and not self._stopping:
                     self._next_cfg = self.agent.restart_with
                 if self._next_cfg is None:

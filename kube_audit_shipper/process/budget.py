@@ -1,14 +1,15 @@
 """One limit on the bytes of events held in memory; the reader waits when it is reached.
 
 Bytes are charged when a chunk is handed to the sinks and released when every sink acknowledged it (or it
-is dropped with a truncated file). `room` is set while in use is below the limit: the reader waits on it
-together with its other wake-ups (new files to discover, a stop), so waiting for memory never stops
-discovery. Everything runs on the event loop; no task is created per release.
+is dropped with a truncated file). `on_change` is told whenever the answer of `has_room` may have changed:
+the processing stage turns that into the `room` event the reader waits on together with its other wake-ups
+(new files to discover, a stop), so waiting for memory never stops discovery. Everything runs on the
+event loop; no task is created per release.
 """
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable
 
 
 class ByteBudget:
@@ -16,8 +17,7 @@ class ByteBudget:
         self._limit = limit
         self.in_use = 0
         self.waits = 0  # times the reader had to wait (backpressure)
-        self.room = asyncio.Event()
-        self.room.set()
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def limit(self) -> int:
@@ -31,13 +31,6 @@ class ByteBudget:
     def has_room(self) -> bool:
         return self.in_use < self._limit
 
-    async def wait_for_room(self) -> None:
-        """Return once in_use is below the limit (one chunk may overshoot it; chunks are bounded)."""
-        if self.has_room():
-            return
-        self.waits += 1
-        await self.room.wait()
-
     def charge(self, nbytes: int) -> None:
         self.in_use += nbytes
         self._update()
@@ -47,7 +40,5 @@ class ByteBudget:
         self._update()
 
     def _update(self) -> None:
-        if self.in_use < self._limit:
-            self.room.set()
-        else:
-            self.room.clear()
+        if self.on_change is not None:
+            self.on_change()
