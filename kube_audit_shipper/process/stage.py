@@ -70,6 +70,8 @@ class Stage:
         self._resume: dict[int, tuple[int, list[bytes]]] = {}  # fid -> (detect from, alerts to deliver again)
         self._alerts_inflight: dict[int, deque[tuple[int, list[bytes]]]] = {}  # fid -> (chunk end, alerts) not yet acknowledged
         self._busy = asyncio.Lock()  # one chunk at a time through the processor; a snapshot waits for it
+        self._changes = 0  # chunks processed and transforms swapped: detection's state can only change with these
+        self._last_state: tuple[int, DetectionEngine | None, bytes | None] | None = None  # the last snapshot, reused while nothing changed
         budget.on_change = self._update_room
 
     # -- lines in --------------------------------------------------------------------------------------------
@@ -79,6 +81,7 @@ class Stage:
         detect_from, pending = self._resume[fid]
         self._resume[fid] = (detect_from, [])
         async with self._busy:
+            self._changes += 1
             done = await asyncio.to_thread(self._process, fid, path, lines, detect_from, pending)
             events, alerts = done.events, done.alerts
             if alerts.records:
@@ -152,7 +155,12 @@ class Stage:
         """Between two chunks: the detection state, and per file where detection is and its alerts not yet
         acknowledged (those saved from before a restart and not yet re-delivered included)."""
         async with self._busy:
-            state = detector.snapshot() if detector is not None else None
+            last = self._last_state
+            if last is not None and last[0] == self._changes and last[1] is detector:
+                state = last[2]  # an idle agent does not serialize its windows every flush interval
+            else:
+                state = detector.snapshot() if detector is not None else None
+                self._last_state = (self._changes, detector, state)
             positions: dict[int, tuple[int, list[bytes]]] = {}
             for fid in set(self._emitted) | set(self._resume):
                 detect_from, pending = self._resume.get(fid, (0, []))
@@ -164,6 +172,7 @@ class Stage:
         """A reload's transform, taken between two chunks; detection's windows and dedup carry over to the new
         rules (state of rules that changed or went is dropped, with a log line). Returns the new detector."""
         async with self._busy:
+            self._changes += 1
             new_detector = transform.detector if transform is not None else None
             if new_detector is not None and old_detector is not None and new_detector is not old_detector:
                 try:

@@ -30,10 +30,16 @@ class InputConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     poll_interval_ms: Annotated[
         int,
         msgspec.Meta(
-            ge=10, le=60_000, description="how often open files are checked (fstat) for new lines; inotify reports only files created, moved or deleted"
+            ge=10,
+            le=60_000,
+            description="the least time between two looks (fstat, read) at open files: with inotify (Linux) an idle file is not looked "
+            "at and a file being written is looked at this often; without it, the polling interval",
         ),
     ] = 200
-    rescan_interval_ms: Annotated[int, msgspec.Meta(ge=100, le=600_000, description="how often globs are re-evaluated")] = 5000
+    rescan_interval_ms: Annotated[
+        int,
+        msgspec.Meta(ge=100, le=600_000, description="how often globs are re-evaluated and, with inotify, open files are looked at anyway (a safety net)"),
+    ] = 5000
     max_open_files: Annotated[
         int,
         msgspec.Meta(

@@ -52,6 +52,8 @@ class TrackedFile:
     complete: bool = False  # nothing to read: its saved record says so
     drained_at: int | None = None  # offset where a rotated/deleted file ended
     waiting: bool = False  # live file at EOF (or gzip still being written)
+    mtime_ns: int = -1  # at the last poll: a file whose size and mtime did not change was not written
+    wd: int | None = None  # inotify watch on it (watch.py), when notifications run
 
     @property
     def done(self) -> bool:
@@ -80,6 +82,7 @@ class Tailer:
         self._deferred: dict[tuple[int, int], Found] = {}  # found, not opened: max_open_files were open
         self.hints: ChangeHints | None = None
         self._last_rescan = 0.0
+        self._last_look = 0.0
         self._oldest_backup: dict[str, str] = {}  # family -> path of its oldest backup on disk
         self._warned_at_risk: set[str] = set()
         self._stop = asyncio.Event()  # run() gives the pipeline's
@@ -179,6 +182,8 @@ class Tailer:
         if complete:
             tf.close()
             return
+        if self.hints is not None:
+            tf.wd = self.hints.watch_file(fd)
         try:
             tf.reader = LineReader(fd, offset=offset, gz=gz, chunk_bytes=self.cfg.read_chunk_bytes, max_line_bytes=self.cfg.max_line_bytes)
         except CorruptInputError as exc:
@@ -199,7 +204,7 @@ class Tailer:
         self.read_errors["corrupt"] += 1
         log.error("cannot read file further; its remaining content is recorded as a dead letter", extra={"path": tf.path, "offset": offset, "reason": reason})
         self.output.unreadable_rest(tf.fid, tf.path, offset, reason)
-        tf.close()
+        self._close(tf)
         tf.drained_at = offset
         self.index.abandoned(tf.fid, offset)
 
@@ -220,7 +225,8 @@ class Tailer:
 
     # -- polling ---------------------------------------------------------------------------------------------
     def poll(self) -> None:
-        """fstat every open file: growth, truncation, rewritten head. On the loop; cheap."""
+        """fstat every open file: growth, truncation, rewritten head (read again only when the file was written
+        since the last poll). On the loop; cheap."""
         for tf in list(self.files.values()):
             if tf.fd is None or tf.reader is None:
                 continue
@@ -228,7 +234,9 @@ class Tailer:
                 st = os.fstat(tf.fd)
             except OSError:
                 continue
-            tf.size = st.st_size
+            if st.st_size == tf.size and st.st_mtime_ns == tf.mtime_ns:
+                continue  # not written since the last poll: no growth, no truncation, same head
+            tf.size, tf.mtime_ns = st.st_size, st.st_mtime_ns
             if tf.gzip:
                 continue
             if st.st_size < tf.reader.read_pos:
@@ -264,7 +272,9 @@ class Tailer:
         head = os.pread(tf.fd, FP_BYTES, 0) if tf.fd is not None else b""
         assert tf.reader is not None
         tf.reader.reset()
-        new = TrackedFile(self._new_fid(), tf.path, tf.key, Fingerprint.of(head), tf.gzip, tf.family, tf.rank, fd=tf.fd, reader=tf.reader, size=tf.size)
+        new = TrackedFile(
+            self._new_fid(), tf.path, tf.key, Fingerprint.of(head), tf.gzip, tf.family, tf.rank, fd=tf.fd, reader=tf.reader, size=tf.size, wd=tf.wd
+        )
         self.files[new.fid] = new
         self.index.truncated(tf.fid, new.fid, head)
 
@@ -348,7 +358,7 @@ class Tailer:
             self.output.incomplete_tail(tf.fid, tf.path, end, tf.reader.read_pos - end)
             end = tf.reader.read_pos
         tf.drained_at = end
-        tf.close()
+        self._close(tf)
         log.info("file drained", extra={"path": tf.path, "offset": end})
         self.index.drained(tf.fid, end)
 
@@ -361,6 +371,9 @@ class Tailer:
         self.hints = ChangeHints(asyncio.get_running_loop(), watch_dirs(self.cfg.paths))
         if not once:
             self.hints.start()
+            for tf in self.files.values():  # opened by a scan before run() (the first checkpoint's)
+                if tf.fd is not None and tf.wd is None:
+                    tf.wd = self.hints.watch_file(tf.fd)
         self.scan()
         poll_s = self.cfg.poll_interval_ms / 1000
         try:
@@ -382,17 +395,23 @@ class Tailer:
         return self.hints is not None and (self.hints.rescan or time.monotonic() - self._last_rescan > self.cfg.rescan_interval_ms / 1000)
 
     async def _idle(self, stop: asyncio.Event, poll_s: float, *also: asyncio.Event) -> None:
+        """Wait for a hint (or `also`, or stop), then look. While every open file is watched, the fstat poll is
+        only a safety net (`rescan_interval_ms`); either way two looks are at least `poll_s` apart, so a
+        file written a thousand times a second still costs a few looks a second."""
         assert self.hints is not None
         wake = self.hints.wake
-        waiters = [asyncio.ensure_future(e.wait()) for e in (wake, stop, *also)]
-        try:
-            await asyncio.wait(waiters, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-        wake.clear()
+        watched = self.hints.arm() and all(tf.wd is not None for tf in self.files.values() if tf.fd is not None)
+        timeout = max(poll_s, self.cfg.rescan_interval_ms / 1000) if watched else poll_s
+        await _first(timeout, wake, stop, *also)
         if stop.is_set():
             return
+        pace = self._last_look + poll_s - time.monotonic()
+        if pace > 0 and not any(e.is_set() for e in also):
+            await _first(pace, stop)  # the changes of that time are merged into this look
+            if stop.is_set():
+                return
+        wake.clear()
+        self._last_look = time.monotonic()
         self._look(self._rescan_due())
 
     def _look(self, rescan: bool) -> None:
@@ -409,7 +428,7 @@ class Tailer:
 
     def at_risk(self) -> list[str]:
         """Files being read that are the oldest backup of their family on disk (next to be deleted)."""
-        return [tf.path for tf in self.next_per_family() if tf.rank[0] == 0 and self._oldest_backup.get(tf.family) == tf.path]
+        return [tf.path for tf in self.next_per_family() if tf.rank[0] == 0 and self._oldest_backup.get(tf.family) == tf.path and not _read_to_end(tf)]
 
     def reconfigure(self, cfg: InputConfig) -> None:
         """New input settings from a reload: globs are re-evaluated at the next look; files that no
@@ -419,9 +438,30 @@ class Tailer:
             self.hints.rescan = True
             self.hints.wake.set()
 
+    def _close(self, tf: TrackedFile) -> None:
+        if tf.wd is not None and self.hints is not None:
+            self.hints.unwatch_file(tf.wd)
+        tf.wd = None
+        tf.close()
+
     def close(self) -> None:
         for tf in self.files.values():
-            tf.close()
+            self._close(tf)
+
+
+def _read_to_end(tf: TrackedFile) -> bool:
+    """A plain file read up to its size: the next read round drains it; it is not behind."""
+    return not tf.gzip and tf.reader is not None and tf.reader.consumed >= tf.size
+
+
+async def _first(timeout: float, *events: asyncio.Event) -> None:
+    """Wait until one of `events` is set, at most `timeout` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 def _last_line_end(fd: int, size: int) -> int:

@@ -1,9 +1,12 @@
-"""Hints that a directory changed (a file created, moved or deleted): inotify through watchdog, coalesced.
-Decides nothing.
+"""Hints that something changed: a directory entry (a file created, moved or deleted: inotify through watchdog,
+coalesced) or an open input file (written, truncated, deleted: inotify.py on the event loop). Decides nothing.
 
-Writes are not watched: kube-apiserver writes each audit event with its own write(), so IN_MODIFY would wake the
-event loop once per event. The tailer fstat()s every open file every `poll_interval_ms` and reads what grew; a
-missed or overflowed notification delays a rescan by at most `rescan_interval_ms`, never stalls reading.
+kube-apiserver writes each audit event with its own write(), so a notification per write would wake the agent
+once per event. Growth notifications are armed only while the tailer idles: the first write after it went idle
+wakes it, and the writes made while it reads are merged by the kernel into one pending event. The tailer paces
+its looks (`poll_interval_ms` at least between two) and, while every open file is watched, polls only as a
+safety net (every `rescan_interval_ms`); an idle agent does not wake. A missed or overflowed notification
+delays a look by at most that long, never stalls reading.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
+from kube_audit_shipper.source.inotify import Inotify
+
 log = logging.getLogger(__name__)
 
 # Directory entries only: no IN_MODIFY per write. kube-apiserver writes each event on its own, so that would be one
@@ -42,8 +47,12 @@ class ChangeHints(FileSystemEventHandler):
         self._pending = threading.Event()
         self.rescan = False  # a file appeared, moved or went away: re-evaluate globs
         self._observer: Any = None  # a watchdog Observer while notifications run
+        self._inotify: Inotify | None = None  # growth of open files, while started
+        self._armed = False
+        self.file_wakes = 0  # times a change of an open file woke the tailer
 
     def start(self) -> None:
+        self._inotify = Inotify.create()
         observer = Observer()
         scheduled = 0
         for d in sorted(self._dirs):
@@ -69,6 +78,40 @@ class ChangeHints(FileSystemEventHandler):
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
+        if self._inotify is not None:
+            self._disarm()
+            self._inotify.close()
+            self._inotify = None
+
+    # -- open files ------------------------------------------------------------------------------------------
+    def watch_file(self, fd: int) -> int | None:
+        """Be told when the file open as `fd` changes; None: not possible (not started, no inotify, limits)."""
+        return self._inotify.watch_fd(fd) if self._inotify is not None else None
+
+    def unwatch_file(self, wd: int) -> None:
+        if self._inotify is not None:
+            self._inotify.unwatch(wd)
+
+    def arm(self) -> bool:
+        """Wake on the next change of a watched open file; False when there are no file notifications."""
+        if self._inotify is None:
+            return False
+        if not self._armed:
+            self._loop.add_reader(self._inotify.fd, self._file_changed)
+            self._armed = True
+        return True
+
+    def _disarm(self) -> None:
+        if self._armed and self._inotify is not None:
+            self._loop.remove_reader(self._inotify.fd)
+        self._armed = False
+
+    def _file_changed(self) -> None:  # the loop: the inotify descriptor is readable
+        assert self._inotify is not None
+        self._inotify.drain()
+        self._disarm()  # until the tailer idles again: the writes meanwhile become one pending event
+        self.file_wakes += 1
+        self.wake.set()
 
     def on_any_event(self, event: FileSystemEvent) -> None:  # watchdog's thread
         if event.event_type in ("created", "moved", "deleted"):

@@ -1,0 +1,210 @@
+"""The tailer alone, through its two ports: when it looks at files (inotify, pacing, the safety poll) and what it
+calls at risk. Real files, the real kernel's inotify; a recording index and output stand in for checkpoints and
+the processing stage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kube_audit_shipper.model import FileStat, Fingerprint, Lines
+from kube_audit_shipper.source.config import InputConfig
+from kube_audit_shipper.source.inotify import Inotify
+from kube_audit_shipper.source.tailer import Tailer
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux only")
+
+
+class Index:
+    """A FileIndex with no saved state (first start) that remembers nothing."""
+
+    first_start = True
+
+    def lookup(self, stat: FileStat, head: bytes) -> None:
+        return None
+
+    def opened(self, *args: Any) -> None: ...
+    def renamed(self, fid: int, path: str) -> None: ...
+    def resized(self, fid: int, size: int, fingerprint: Fingerprint) -> None: ...
+    def drained(self, fid: int, end: int) -> None: ...
+    def abandoned(self, fid: int, offset: int) -> None: ...
+    def truncated(self, fid: int, new_fid: int, head: bytes) -> None: ...
+    def complete(self, fid: int) -> bool:
+        return False
+
+    def released(self, fid: int) -> None: ...
+    def present(self, seen: set[tuple[int, int]]) -> None: ...
+    def lost(self, path: str, unread_bytes: int, why: str) -> None: ...
+
+
+class Output:
+    """A LineOutput that keeps every line it is given."""
+
+    def __init__(self) -> None:
+        self.room = asyncio.Event()
+        self.room.set()
+        self.lines: list[bytes] = []
+
+    async def take(self, fid: int, path: str, lines: Lines) -> None:
+        self.lines.extend(lines.lines)
+
+    def incomplete_tail(self, fid: int, path: str, offset: int, length: int) -> None: ...
+    def unreadable_rest(self, fid: int, path: str, offset: int, reason: str) -> None: ...
+    def retired(self, fid: int) -> None: ...
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def run_tailer(cfg: InputConfig, body: Callable[[Tailer, Output], Awaitable[None]], *, scan_first: bool = False) -> None:
+    async def main() -> None:
+        out = Output()
+        tailer = Tailer(cfg, index=Index(), output=out)
+        if scan_first:  # as the pipeline does for its first checkpoint
+            tailer.scan()
+        stop = asyncio.Event()
+        task = asyncio.create_task(tailer.run(stop))
+        try:
+            await body(tailer, out)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            tailer.close()
+
+    asyncio.run(main())
+
+
+def looks(tailer: Tailer) -> Callable[[], int]:
+    """A counter of the tailer's looks (each one fstat()s the open files)."""
+    count = [0]
+    poll = tailer.poll
+
+    def counted() -> None:
+        count[0] += 1
+        poll()
+
+    tailer.poll = counted  # type: ignore[method-assign]
+    return lambda: count[0]
+
+
+@linux_only
+def test_inotify_reports_a_write_to_a_watched_open_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_bytes(b"")
+    inotify = Inotify.create()
+    assert inotify is not None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert inotify.watch_fd(fd) is not None
+        assert inotify.drain() == 0
+        with path.open("ab") as f:
+            for _ in range(100):
+                f.write(b"{}\n")
+                f.flush()
+        assert inotify.drain() > 0
+        assert inotify.drain() == 0  # drained
+    finally:
+        os.close(fd)
+        inotify.close()
+
+
+@linux_only
+@pytest.mark.parametrize("scan_first", [False, True], ids=["opened-by-run", "opened-before-run"])
+def test_a_growing_file_is_read_soon_and_an_idle_one_costs_no_looks(tmp_path: Path, scan_first: bool) -> None:
+    """With every open file watched, the fstat poll is only a safety net: an idle file is not looked at
+    every poll_interval_ms, and a write is noticed at once (well before the safety net would)."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b'{"n":0}\n')
+    cfg = InputConfig(paths=[str(log)], poll_interval_ms=50, rescan_interval_ms=600_000)
+
+    async def body(tailer: Tailer, out: Output) -> None:
+        await until(lambda: len(out.lines) == 1)
+        count = looks(tailer)
+        wakes = tailer.hints.file_wakes  # type: ignore[union-attr]
+        await asyncio.sleep(0.5)  # ten poll intervals of an idle file
+        assert count() == 0
+        with log.open("ab") as f:
+            f.write(b'{"n":1}\n')
+        await until(lambda: len(out.lines) == 2, timeout=5.0)  # the safety net is 600 s away
+        assert tailer.hints.file_wakes > wakes  # type: ignore[union-attr]
+
+    run_tailer(cfg, body, scan_first=scan_first)
+
+
+@linux_only
+def test_a_file_written_continuously_is_looked_at_no_more_often_than_the_poll_interval(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    cfg = InputConfig(paths=[str(log)], poll_interval_ms=200, rescan_interval_ms=600_000)
+    n = 300
+
+    async def body(tailer: Tailer, out: Output) -> None:
+        await asyncio.sleep(0.05)
+        count = looks(tailer)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with log.open("ab") as f:
+            for i in range(n):  # about 1.5 s of one write every 5 ms
+                f.write(b'{"n":%d}\n' % i)
+                f.flush()
+                await asyncio.sleep(0.005)
+        await until(lambda: len(out.lines) == n)
+        elapsed = loop.time() - start
+        assert count() <= elapsed / 0.2 + 2  # paced: not one look per write
+        assert count() >= 2  # but it did read along the way
+
+    run_tailer(cfg, body)
+
+
+def test_without_notifications_open_files_are_polled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Inotify, "create", classmethod(lambda cls: None))
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"")
+    cfg = InputConfig(paths=[str(log)], poll_interval_ms=50, rescan_interval_ms=600_000)
+
+    async def body(tailer: Tailer, out: Output) -> None:
+        await asyncio.sleep(0.05)
+        with log.open("ab") as f:
+            f.write(b'{"n":1}\n')
+        await until(lambda: len(out.lines) == 1, timeout=5.0)
+        count = looks(tailer)
+        await until(lambda: count() >= 3, timeout=5.0)  # polled every 50 ms though nothing changes
+
+    run_tailer(cfg, body)
+
+
+def test_a_backup_read_to_its_end_is_not_at_risk(tmp_path: Path) -> None:
+    """The oldest backup on disk is at risk only while it has unread bytes: once read to its size (drained at
+    the next read round), no 'falling behind' warning."""
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    oldest = logdir / "audit-2026-11-22T09-00-00.000.log"
+    oldest.write_bytes(b"".join(b'{"n":%d}\n' % i for i in range(1000)))
+    (logdir / "audit.log").write_bytes(b'{"n":"live"}\n')
+    cfg = InputConfig(paths=[str(logdir / "audit.log")], backfill_rotated=True, read_chunk_bytes=4096)
+
+    async def main() -> None:
+        out = Output()
+        tailer = Tailer(cfg, index=Index(), output=out)
+        tailer.scan()
+        assert tailer.at_risk() == [str(oldest)]  # nothing read yet
+        (tf,) = [tf for tf in tailer.files.values() if tf.path == str(oldest)]
+        assert tf.reader is not None
+        while tf.reader.consumed < tf.size:
+            await out.take(tf.fid, tf.path, tf.reader.read())
+        assert tf.drained_at is None  # read to its size, not yet drained
+        assert tailer.at_risk() == []
+        tailer.close()
+
+    asyncio.run(main())
