@@ -21,7 +21,7 @@ log = logging.getLogger("kube_audit_shipper")
 
 EXAMPLES = """\
 examples:
-  kube-audit-shipper demo                               # built-in demo: fake apiserver → pipeline → zstd files
+  kube-audit-shipper demo                               # built-in demo: fake apiserver → agent → shipped events, alerts, an HTML report
   kube-audit-shipper validate -c /etc/kube-audit-shipper/config.yaml
   kube-audit-shipper run -c /etc/kube-audit-shipper/config.yaml
   kube-audit-shipper run --once -c backfill.yaml        # ship what the files hold now, then exit
@@ -105,15 +105,17 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
 
-    demo = sub.add_parser(
-        "demo",
-        help="run the built-in demo",
-        description="Write realistic audit events to a temporary audit.log, rotate it as kube-apiserver does, and ship it with the real pipeline to a zstd file sink.",
+    from kube_audit_shipper.commands import demo as demo_command
+
+    demo_command.add_arguments(
+        sub.add_parser(
+            "demo",
+            help="run the built-in demo",
+            description="A fake kube-apiserver writes and rotates an audit log with four suspicious actions among normal traffic; "
+            "the real agent trims it with an audit Policy, ships the events to zstd files and delivers the alerts the built-in rules raise; "
+            "then an HTML report of the log is written.",
+        )
     )
-    demo.add_argument("--events", type=int, default=50_000, help="events to write (default: 50000)")
-    demo.add_argument("--rate", type=float, default=0, help="events per second (default 0: as fast as possible)")
-    demo.add_argument("--dir", help="directory to use (default: a new temporary directory)")
-    demo.add_argument("--seed", type=int, default=1)
     return p
 
 
@@ -233,7 +235,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return report.run(args, sys.stdout)
     if args.command == "demo":
-        from kube_audit_shipper.commands.demo import run_demo
+        from kube_audit_shipper.commands import demo as demo_command
 
-        return run_demo(events=args.events, rate=args.rate, directory=args.dir, seed=args.seed, out=sys.stdout)
+        return demo_command.run(args, sys.stdout)
     raise AssertionError(args.command)

@@ -16,6 +16,10 @@ number, so auditIDs never repeat. ``stageTimestamp`` strictly increases line by 
 writes in) from ``start_time``; ``requestReceivedTimestamp`` is earlier by the request's latency (minutes for a
 finished watch) but never before ``start_time``.
 
+`record` writes a scripted request (`demo.request.ApiRequest`) as the next event of the same stream, and
+`person`/`pods_of` name the people and pods of the simulated cluster for such requests: the demo's suspicious
+actions (`demo.incidents`) are written that way, so they read like the traffic around them.
+
 Speed: a line is one dict encoded by msgspec; large bodies are templates encoded once, into which per-event
 bytes (names, uids, resourceVersions, timestamps) are spliced and embedded as `msgspec.Raw`.
 """
@@ -37,6 +41,7 @@ from urllib.parse import quote
 import msgspec
 
 from kube_audit_shipper.demo.objects import POD_CONDITIONS, POD_TABLE, deployment_object, fields_set, managed_field, pod_object, status_body, table_row
+from kube_audit_shipper.demo.request import Actor, ApiRequest
 
 __all__ = ["DEFAULT_START_TIME", "AuditEventGenerator", "EventMix"]
 
@@ -326,6 +331,42 @@ class AuditEventGenerator:
         for _ in range(n):
             yield self._next()[1]
 
+    def record(self, request: ApiRequest) -> tuple[str, bytes]:
+        """``request`` as the next event of the stream: ``(auditID, line)``, with the stream's clock and auditIDs."""
+        audit_id = self._advance()
+        a = request.actor
+        r = _Req(
+            (a.user, a.impersonated, list(a.source_ips), a.user_agent, a.authz_reason),
+            request.verb,
+            request.group,
+            request.resource,
+            request.namespace,
+            request.name,
+            request.subresource,
+            request.query,
+            request.request_object,
+            request.response_object,
+        )
+        r.version, r.stage, r.latency = request.version, request.stage, request.latency_us
+        if request.fails:
+            assert request.code is not None
+            self._failed(r, request.code)
+        elif request.code is not None:
+            r.code = request.code
+        return audit_id, self._finish(audit_id, request.level, r)
+
+    def person(self, username: str, source_ip: str) -> Actor:
+        """A person of the simulated cluster (``kubernetes-admin``, ``alice@example.com``, ``bob@example.com``),
+        with the kubectl and RBAC grant the generated traffic gives them, sending from ``source_ip``."""
+        for user, agent, reason in self._humans:
+            if user["username"] == username:
+                return Actor(user, (source_ip,), agent, reason)
+        raise KeyError(username)
+
+    def pods_of(self, app: str) -> list[tuple[str, str]]:
+        """``(namespace, name)`` of the pods of one app of the simulated cluster (``checkout-api``, ``redis``, ...)."""
+        return [(p.ns, p.name) for p in self._pods if p.fmt["app"] == app]
+
     def write_bytes(self, approx_bytes: int) -> Iterator[bytes]:
         """Lines until, counting one newline each, they add up to at least ``approx_bytes`` (for benchmarks)."""
         total = 0
@@ -335,15 +376,20 @@ class AuditEventGenerator:
             yield line
 
     # ---- one event -----------------------------------------------------------------------------------------------
-    def _next(self) -> tuple[str, bytes]:
-        rnd, mix = self._rand, self.mix
+    def _advance(self) -> str:
+        """Move the clock and resourceVersion on by one request; the request's auditID."""
+        rnd = self._rand
         self._now += 1 + int(-math.log(1.0 - rnd()) * self._gap)
         self._rv += 1 + int(rnd() * 40)
         x = (self._seq ^ self._salt) & _M48  # a bijection of the sequence number on 48 bits: no repeats
         self._seq += 1
         x = ((x ^ (x >> 23)) * 0x9E3779B97F4B) & _M48
         x = ((x ^ (x >> 19)) * 0xBF58476D1CE5) & _M48
-        audit_id = _uuid(self._rng.getrandbits(80) << 48 | x ^ (x >> 21))
+        return _uuid(self._rng.getrandbits(80) << 48 | x ^ (x >> 21))
+
+    def _next(self) -> tuple[str, bytes]:
+        rnd, mix = self._rand, self.mix
+        audit_id = self._advance()
         pod = self._pods[int(rnd() * len(self._pods))]
         if mix.big_event_probability and rnd() < mix.big_event_probability:
             level, r = self._big(pod)
@@ -365,7 +411,7 @@ class AuditEventGenerator:
             parts.append("/" + r.resource)
             if r.name:
                 ref["name"] = r.name
-                if r.verb not in ("list", "watch"):
+                if r.verb not in ("list", "watch") and (r.verb != "create" or r.sub):  # a create is POSTed to the collection
                     parts.append("/" + r.name)
             if r.uid:  # back-filled from the body of an update, as the apiserver does
                 ref["uid"] = r.uid
@@ -414,6 +460,10 @@ class AuditEventGenerator:
         code = next(c for c, p in _CODES[r.verb][1] if x < p)
         if code in (404, 409) and (not r.name or r.resource[0] == "/" or (r.verb == "create" and r.sub)):
             code = 403
+        self._failed(r, code)
+
+    def _failed(self, r: _Req, code: int) -> None:
+        """``r`` answered with ``code`` (403, 404, 409 or 429) and the Status the apiserver returns with it."""
         r.code, r.stage, r.latency = code, "ResponseComplete", 0
         if code in (403, 429):  # rejected before the body was read: nothing to back-fill objectRef from
             r.uid = ""
