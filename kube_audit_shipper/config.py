@@ -20,6 +20,7 @@ from kube_audit_shipper.deadletter.config import DeadLetterConfig
 from kube_audit_shipper.delivery.config import BatchConfig
 from kube_audit_shipper.errors import ConfigError
 from kube_audit_shipper.obs.config import MetricsConfig
+from kube_audit_shipper.process.config import ProcessingConfig
 from kube_audit_shipper.process.detect.config import DetectConfig
 from kube_audit_shipper.process.enrich.config import EnrichConfig
 from kube_audit_shipper.process.policy.config import PolicyConfig
@@ -55,6 +56,9 @@ class Config(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=Tr
         int, msgspec.Meta(ge=1 << 20, description="bytes of events in memory (read, not yet acknowledged by every sink); the reader waits above it")
     ] = 16 << 20
     shutdown_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600, description="SIGTERM: time to finish in-flight batches before exit")] = 30.0
+    processing: Annotated[ProcessingConfig, msgspec.Meta(description="where the per-line work runs: worker processes for backlogs")] = msgspec.field(
+        default_factory=ProcessingConfig
+    )
 
     @property
     def node(self) -> str:

@@ -15,6 +15,7 @@ from kube_audit_shipper.process.detect.build import build_engine
 from kube_audit_shipper.process.detect.engine import DetectionEngine
 from kube_audit_shipper.process.policy.load import load_policy
 from kube_audit_shipper.process.transform import Transform, build_transform
+from kube_audit_shipper.process.workers import ShapePool, ShapeSpec, log_settings
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,20 @@ def load_transform(cfg: Config, detector: DetectionEngine | None = None) -> Tran
             log.warning("audit policy: %s", w, extra={"policy": cfg.policy.file})
         log.info("audit policy loaded", extra={"policy": cfg.policy.file, "rules": len(policy.policy.rules)})
     return build_transform(policy, cfg.enrich, node_name=cfg.node, detector=detector, decision_cache_size=cfg.policy.decision_cache_size)
+
+
+def build_pool(cfg: Config, transform: Transform | None, running: ShapePool | None = None) -> ShapePool | None:
+    """The worker processes that shape large reads with the same policy and enrichment as `transform`, or None
+    (`processing.workers` is 0, or there is nothing to shape). `running`: a pool to keep if it would be the same."""
+    workers = cfg.processing.worker_count()
+    if workers == 0 or transform is None:
+        return None
+    level, fmt = log_settings()
+    policy = transform.policy.policy if transform.policy is not None else None
+    spec = ShapeSpec(policy, cfg.enrich, cfg.node, cfg.policy.decision_cache_size, level, fmt)
+    if running is not None and running.spec == spec and running.workers == workers:
+        return running
+    return ShapePool(workers, spec)
 
 
 def cluster_of(cfg: Config) -> str | None:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kube_audit_shipper.app.build import build_detection, cluster_of, load_transform, lock_state_dir
+from kube_audit_shipper.app.build import build_detection, build_pool, cluster_of, load_transform, lock_state_dir
 from kube_audit_shipper.app.runners import RunnerGroup
 from kube_audit_shipper.app.tasks import Supervisor
 from kube_audit_shipper.checkpoint.files import FileRecords
@@ -114,7 +114,8 @@ class Agent:
                     log.warning("detection state: %s", note)
             except ValueError as exc:
                 log.warning("the saved detection state cannot be restored; detection starts with empty windows", extra={"error": str(exc)})
-        self.processor = LineProcessor(load_transform(cfg, self.detector), node=cfg.node, cluster=cluster_of(cfg))
+        transform = load_transform(cfg, self.detector)
+        self.processor = LineProcessor(transform, node=cfg.node, cluster=cluster_of(cfg))
         sink_objects = self._sinks_override or [None] * len(cfg.sinks)
         self.ledger = Ledger([s.name for s in cfg.sinks] + [t.name for t in cfg.alerts], on_advance=self._on_advance)
         self.records = FileRecords(
@@ -135,6 +136,8 @@ class Agent:
             event_sinks=lambda: self.sinks.names,
             alert_targets=lambda: self.alert_targets.names,
             detection_resume=self.records.detection_resume,
+            pool=build_pool(cfg, transform),
+            pool_min_bytes=cfg.processing.worker_min_bytes,
         )
         self.tailer = Tailer(cfg.input, index=self.records, output=self.stage)
         self.metrics.bind(self.metrics_state)
@@ -382,6 +385,8 @@ class Agent:
     async def _stop(self, once: bool) -> int:
         """In data order: no more reads, runners flushed and their batches delivered (bounded), sinks closed,
         the final checkpoint."""
+        assert self.stage is not None
+        await self.stage.drain()  # every read taken is handed on to the runners
         with contextlib.suppress(OSError):  # counted and logged; the final write below tries again
             await self.write_checkpoint()  # whatever is acknowledged so far
         await self.sinks.stop()

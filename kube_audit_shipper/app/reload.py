@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from kube_audit_shipper.app.build import build_pool
 from kube_audit_shipper.config import Config
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: keys whose change needs a new pipeline (restarted from its checkpoint in the same process)
-RESTART_KEYS = ("state_dir", "node_name", "metrics", "checkpoint", "deadletter")
+RESTART_KEYS = ("state_dir", "node_name", "metrics", "checkpoint", "deadletter", "processing")
 
 
 def needs_restart(old: Config, new: Config) -> bool:
@@ -39,7 +40,8 @@ async def apply(agent: Agent, new: Config, transform: Transform | None) -> bool:
     if needs_restart(old, new) or agent.tailer is None or agent.processor is None or agent.ledger is None:
         return False
     assert agent.stage is not None
-    agent.detector = await agent.stage.swap_transform(transform, agent.detector)  # between two chunks, windows carried over
+    pool = build_pool(new, transform, running=agent.stage.pool)
+    agent.detector = await agent.stage.swap_transform(transform, agent.detector, pool)  # between two chunks, windows carried over
     if new.input != old.input:
         agent.tailer.reconfigure(new.input)
     if new.memory_limit_bytes != old.memory_limit_bytes:

@@ -23,7 +23,7 @@ import msgspec
 from kube_audit_shipper.errors import MalformedEventError
 from kube_audit_shipper.model import Alert, Chunk, Lines, alert_encoder
 from kube_audit_shipper.process.check import check_event, check_utf8
-from kube_audit_shipper.process.transform import Transform
+from kube_audit_shipper.process.transform import NO_ALERTS, ShapeCounts, Transform
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,6 @@ class LineProcessor:
         for offset, length in lines.oversize:
             dead.append(DeadLine(f"line longer than max_line_bytes ({length - 1} bytes)", offset, length, None, "oversize"))
         counts["alerts"] += len(alerts)
-        for pending in pending_alerts or ():  # stand for the whole range: delivered before the checkpoint passes it
-            alerts.append(pending)
-            alert_ends.append(lines.end)
-            alert_starts.append(lines.start)
         for d in dead:
             counts[f"deadletter:{d.kind}"] += 1
         counts["read"] += len(lines.lines) + len(lines.oversize)
@@ -134,14 +130,47 @@ class LineProcessor:
         now = time.monotonic()
         if records:
             ends[-1] = lines.end  # the last record also stands for trailing lines that produced none
-        if alerts:
-            alert_ends[-1] = lines.end
         return Processed(
             Chunk(fid, lines.start, lines.end, records, ends, now, starts),
-            Chunk(fid, lines.start, lines.end, alerts, alert_ends, now, alert_starts),
+            _alerts_chunk(fid, lines, alerts, alert_ends, alert_starts, pending_alerts, now),
             dead,
             counts,
         )
+
+    def detect(self, fid: int, lines: Lines, *, detect_from: int = 0, pending_alerts: list[bytes] | None = None) -> Chunk:
+        """Detection alone over one read whose events a worker process shapes (process/workers.py): the alerts,
+        exactly as `process` would raise them. A line that is no JSON object raises nothing here (the worker
+        dead-letters it)."""
+        transform = self.transform
+        alerts: list[bytes] = []
+        alert_ends: list[int] = []
+        alert_starts: list[int] = []
+        if transform is not None and transform.detector is not None:
+            for line, end in zip(lines.lines, lines.ends, strict=True):
+                if end <= detect_from or not line or line.isspace():
+                    continue
+                try:
+                    raised = transform.detect(line)
+                except Exception:  # noqa: BLE001  # malformed, or failing: the worker's copy of the line is dead-lettered
+                    raised = NO_ALERTS
+                for alert in raised:
+                    alerts.append(self._encode_alert(alert))
+                    alert_ends.append(end)
+                    alert_starts.append(end - len(line) - 1)
+        if alerts:
+            self.count_one_n("alerts", len(alerts))
+        return _alerts_chunk(fid, lines, alerts, alert_ends, alert_starts, pending_alerts, time.monotonic())
+
+    def absorb(self, shaped: Processed, counts: ShapeCounts | None, alerts: Chunk) -> Processed:
+        """A worker's result for one read, with the alerts detection raised here: counted as if done here."""
+        self.count(shaped.counts)
+        if counts is not None and self.transform is not None:
+            self.transform.add_counts(counts)
+        return Processed(shaped.events, alerts, shaped.dead, shaped.counts)
+
+    def count_one_n(self, key: str, n: int) -> None:
+        with self._lock:
+            self._counts[key] += n
 
     def _encode_alert(self, alert: Alert) -> bytes:
         if self.node is not None or self.cluster is not None:
@@ -158,3 +187,15 @@ class LineProcessor:
                 "a line could not be processed; it is dead-lettered with the reason and the pipeline goes on (logged at most once a minute)",
                 extra={"path": path, "offset": offset, "error": error},
             )
+
+
+def _alerts_chunk(fid: int, lines: Lines, alerts: list[bytes], ends: list[int], starts: list[int], pending_alerts: list[bytes] | None, now: float) -> Chunk:
+    """The alerts of one read as a Chunk over the read's range; alerts saved from before a restart ride with it
+    (they stand for the whole range: delivered before the checkpoint passes it)."""
+    for pending in pending_alerts or ():
+        alerts.append(pending)
+        ends.append(lines.end)
+        starts.append(lines.start)
+    if alerts:
+        ends[-1] = lines.end
+    return Chunk(fid, lines.start, lines.end, alerts, ends, now, starts)

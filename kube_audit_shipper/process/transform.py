@@ -37,6 +37,15 @@ from kube_audit_shipper.process.policy.trim import DROPPED_STAGE, KEPT, trim_eve
 NO_ALERTS: list[Alert] = []  # shared, never appended to
 
 
+class ShapeCounts(msgspec.Struct, frozen=True):
+    """What a transform counted while shaping (a worker process's, handed to the agent's with each chunk)."""
+
+    matched: dict[str, int]
+    drops: dict[str, int]
+    stage_drops: dict[str, int]
+    withheld: int
+
+
 class Transform:
     """Applies policy trimming + enrichment + redaction to one event line. Built once; called per line, hot path.
 
@@ -66,11 +75,35 @@ class Transform:
         self._added_keys = self._enricher.added_keys if self._enricher is not None else frozenset()
         self._redactor = redactor
         self._encoder = msgspec.json.Encoder()
+        self._withheld_elsewhere = 0  # counted by worker processes (add_counts)
+        self._withheld_taken = 0
 
     @property
     def withheld_bodies(self) -> int:
         """Bodies redaction replaced by a marker because it could not parse them (see enrich.redact)."""
-        return self._redactor.withheld if self._redactor is not None else 0
+        return (self._redactor.withheld if self._redactor is not None else 0) + self._withheld_elsewhere
+
+    def take_counts(self) -> ShapeCounts:
+        """The counts since the last call, and zero them (a worker process, after each chunk)."""
+        withheld = self._redactor.withheld if self._redactor is not None else 0
+        counts = ShapeCounts(
+            {k: v for k, v in self.matched.items() if v},
+            {k: v for k, v in self.drops.items() if v},
+            {k: v for k, v in self.stage_drops.items() if v},
+            withheld - self._withheld_taken,
+        )
+        self._withheld_taken = withheld
+        for table in (self.matched, self.drops, self.stage_drops):
+            for k in table:
+                table[k] = 0
+        return counts
+
+    def add_counts(self, counts: ShapeCounts) -> None:
+        """Counts of a worker process's transform built from the same policy (same rule labels)."""
+        for table, delta in ((self.matched, counts.matched), (self.drops, counts.drops), (self.stage_drops, counts.stage_drops)):
+            for k, v in delta.items():
+                table[k] = table.get(k, 0) + v
+        self._withheld_elsewhere += counts.withheld
 
     def apply(self, line: bytes) -> bytes | None:
         """The output event for one input line, or None when the policy drops it.
@@ -90,6 +123,18 @@ class Transform:
             except Exception:  # noqa: BLE001  # detection never stops an event from shipping; counted
                 self.detection_failures += 1
         return self._shape(event, line)[1], alerts
+
+    def detect(self, line: bytes) -> list[Alert]:
+        """Detection alone (the line is shaped elsewhere, by a worker process). Raises MalformedEventError for a
+        line that is not a JSON object (the worker dead-letters it)."""
+        if self.detector is None:
+            return NO_ALERTS
+        event = decode_event(line)
+        try:
+            return self.detector.evaluate(event)
+        except Exception:  # noqa: BLE001  # detection never stops an event from shipping; counted
+            self.detection_failures += 1
+            return NO_ALERTS
 
     def process(self, line: bytes) -> tuple[str | None, bytes | None]:
         """(label of the deciding rule or None without a policy, output or None when dropped); no detection."""

@@ -56,8 +56,10 @@ def _log_tail(cfg: Path) -> str:
     return (cfg.parent / "kube_audit_shipper.log").read_text(errors="replace")[-3000:]
 
 
-@pytest.mark.parametrize("compress", [False, True], ids=["rename", "rename+gzip"])
-def test_sigkill_during_writes_and_rotations_loses_nothing(tmp_path: Path, compress: bool) -> None:
+@pytest.mark.parametrize(
+    ("compress", "workers"), [(False, 0), (True, 0), (True, 2)], ids=["rename", "rename+gzip", "rename+gzip+workers"]
+)
+def test_sigkill_during_writes_and_rotations_loses_nothing(tmp_path: Path, compress: bool, workers: int) -> None:
     rng = random.Random(20261122 + compress)
     logdir, out = tmp_path / "log", tmp_path / "out"
     logdir.mkdir()
@@ -73,6 +75,8 @@ def test_sigkill_during_writes_and_rotations_loses_nothing(tmp_path: Path, compr
                 "checkpoint": {"flush_interval_ms": FLUSH_MS},
                 "metrics": {"listen": None},
                 "memory_limit_bytes": 4 << 20,
+                # with workers, every read is shaped by a worker process (SIGKILL takes them down with the agent)
+                "processing": {"workers": workers, "worker_min_bytes": 1},
             }
         )
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import yaml
 import zstandard
 
@@ -68,7 +69,9 @@ def corpus_log(tmp_path: Path) -> Path:
     return log
 
 
-def test_run_delivers_alerts_to_alertmanager_dingtalk_and_a_file_and_detect_agrees(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "workers"])
+def test_run_delivers_alerts_to_alertmanager_dingtalk_and_a_file_and_detect_agrees(tmp_path: Path, workers: int) -> None:
+    """With workers, every read is shaped by a worker process while the agent's process detects on it."""
     log = corpus_log(tmp_path)
     with Alertmanager(tmp_path / "alertmanager") as am, DingTalkServer() as ding:
         cfg = _config(
@@ -77,6 +80,7 @@ def test_run_delivers_alerts_to_alertmanager_dingtalk_and_a_file_and_detect_agre
                 {"name": "am", "type": "alertmanager", "url": am.url, "batch": {"max_wait_ms": 50}},
                 {"name": "ding", "type": "dingtalk", "url": ding.url, "access_token": "token-1", "secret": "SEC-test-secret", "batch": {"max_wait_ms": 50}},
             ],
+            processing={"workers": workers, "worker_min_bytes": 1},
         )
         run = _cli("--log-level", "warning", "run", "--once", "-c", str(cfg))
         assert run.returncode == 0, run.stderr[-3000:]
