@@ -2,9 +2,12 @@
 
 - `write_atomic`: replace a file so that a crash leaves the old or the new content (temp file, fsync,
   rename over, fsync of the directory);
-- `append_all`: append a whole record or nothing: on a failed or short write (a full disk) the file is
-  cut back to where the record started, so a retry appends to a clean end and no torn record sits
-  between two good ones;
+- `append_all`: append a whole record or nothing (and, with `sync`, make it durable): on a failed or
+  short write or fsync (a full disk) the file is cut back to where the record started, so a retry
+  appends to a clean end and no torn record sits between two good ones;
+- `pwrite_all`: write at an explicit offset (a cut-back after a failed write leaves no hole);
+- `valid_prefix` / `cut_back`: after a crash, how much of a file of appended zstd frames, gzip members
+  or lines is whole, and cutting the torn rest off durably;
 - `fsync_dir`: make a directory entry (a created, renamed or deleted file) durable;
 - `ensure_dir`: create a directory with an explicit mode (not the umask's) and make its entry durable;
 - `lock_exclusive`: hold an flock on a lock file for as long as the descriptor stays open.
@@ -17,8 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import mmap
 import os
+import zlib
 from pathlib import Path
+from typing import Literal
+
+import zstandard
+
+Codec = Literal["zstd", "gzip", "none"]  # what a file of appended records holds: zstd frames, gzip members, or lines
+_SCAN_CHUNK_BYTES = 1 << 20
 
 
 def fsync_dir(path: Path) -> None:
@@ -67,16 +78,75 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     fsync_dir(path.parent)
 
 
-def append_all(fd: int, data: bytes) -> None:
-    """Append `data` to a file opened with O_APPEND, whole or not at all: when a write fails (ENOSPC,
-    EIO) the file is cut back to its size before this call, then the error is raised."""
+def append_all(fd: int, data: bytes, *, sync: bool = False) -> None:
+    """Append `data` to a file opened with O_APPEND, whole or not at all (with `sync`: and fsync it): when a
+    write or the fsync fails (ENOSPC, EIO) the file is cut back to its size before this call, then the
+    error is raised."""
     start = os.lseek(fd, 0, os.SEEK_END)
     try:
         write_all(fd, data)
+        if sync:
+            os.fsync(fd)
     except OSError:
         with contextlib.suppress(OSError):  # the original error says more; a reader of this file skips a torn tail
             os.ftruncate(fd, start)
         raise
+
+
+def pwrite_all(fd: int, parts: list[bytes], offset: int) -> None:
+    """Write `parts` back to back at `offset` (explicit offsets: a cut-back after a failed write leaves no hole)."""
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        n = os.pwritev(fd, views, offset)
+        offset += n
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if views:
+            views[0] = views[0][n:]
+
+
+def cut_back(path: Path, size: int) -> None:
+    """Truncate `path` to `size` bytes, durably."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def valid_prefix(path: Path, codec: Codec) -> int:
+    """Length of the longest prefix of `path` made of whole records, each ending in a newline: zstd frames
+    (content checksums checked), gzip members, or (`none`) lines. What follows is a torn tail: an append a
+    crash cut short."""
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    if codec == "none":
+        with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return mm.rfind(b"\n") + 1
+    pos = 0
+    with path.open("rb") as fh:
+        while pos < size:
+            dec = zstandard.ZstdDecompressor().decompressobj() if codec == "zstd" else zlib.decompressobj(wbits=31)
+            fh.seek(pos)
+            fed = 0
+            last = b""
+            try:
+                while not dec.eof:
+                    chunk = fh.read(_SCAN_CHUNK_BYTES)
+                    if not chunk:
+                        break
+                    fed += len(chunk)
+                    out = dec.decompress(chunk)
+                    if out:
+                        last = out[-1:]
+            except (zstandard.ZstdError, zlib.error):
+                break
+            if not dec.eof or last != b"\n":
+                break
+            pos += fed - len(dec.unused_data)
+    return pos
 
 
 def lock_exclusive(path: Path, mode: int = 0o600) -> int:

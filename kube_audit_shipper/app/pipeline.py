@@ -32,7 +32,7 @@ from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.checkpoint.store import CheckpointStore
 from kube_audit_shipper.config import Config
 from kube_audit_shipper.deadletter.store import DeadLetterStore
-from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.runner import SinkRunner
 from kube_audit_shipper.errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK
 from kube_audit_shipper.model import Chunk, alert_decoder
 from kube_audit_shipper.obs.metrics import Metrics, Snapshot
@@ -43,7 +43,7 @@ from kube_audit_shipper.process.detect.engine import DetectionEngine
 from kube_audit_shipper.process.lines import LineProcessor
 from kube_audit_shipper.process.stage import Stage
 from kube_audit_shipper.sinks.alert_registry import build_alert_target
-from kube_audit_shipper.sinks.registry import build_sink
+from kube_audit_shipper.sinks.registry import build_sink, sink_context
 from kube_audit_shipper.source.tailer import Tailer
 from kube_audit_shipper.stopping import StopClock
 
@@ -121,8 +121,12 @@ class Agent:
         self.records = FileRecords(
             saved, ledger=self.ledger, forget_after_s=cfg.checkpoint.forget_after_s, lost_grace_s=2 * cfg.input.rescan_interval_ms / 1000
         )
-        self.sinks = self._group("sink", lambda s: build_sink(s, node=self.cfg.node, state_dir=self.cfg.state_dir, input_paths=self.cfg.input.paths))
-        self.alert_targets = self._group("alert target", lambda t: build_alert_target(t, node=self.cfg.node, state_dir=self.cfg.state_dir))
+        self.sinks = self._group(
+            "sink", lambda s: build_sink(s, sink_context(node=self.cfg.node, state_dir=self.cfg.state_dir, input_paths=self.cfg.input.paths))
+        )
+        self.alert_targets = self._group(
+            "alert target", lambda t: build_alert_target(t, sink_context(node=self.cfg.node, state_dir=self.cfg.state_dir, input_paths=self.cfg.input.paths))
+        )
         for scfg, sink in zip(cfg.sinks, sink_objects, strict=True):
             self.sinks.add(scfg, sink)
         for tcfg in cfg.alerts:
@@ -221,7 +225,7 @@ class Agent:
             spool_bytes={r.name: r.spool.bytes_used for r in runners if r.spool is not None},
             spooled_batches={r.name: r.spooled_batches for r in runners if r.spool is not None},
             spool_full_waits={r.name: r.spool_full_waits for r in runners if r.spool is not None},
-            sink_families=[r.sink.metric_families for r in runners if hasattr(r.sink, "metric_families")],
+            sink_families=[r.sink.metric_families for r in runners],
             checkpoint_age_s=time.time() - self.store.last_write if self.store.last_write else 0.0,
             state_write_errors=dict(self.state_writes.errors),
             bodies_withheld=getattr(transform, "withheld_bodies", 0),
@@ -250,8 +254,7 @@ class Agent:
             return False
         now = time.monotonic()
         return all(
-            (r.blocked_since is None or now - r.blocked_since < BLOCKED_NOT_READY_S) and getattr(r.sink, "blocked_for_s", lambda: 0.0)() < BLOCKED_NOT_READY_S
-            for r in self.runners
+            (r.blocked_since is None or now - r.blocked_since < BLOCKED_NOT_READY_S) and r.sink.blocked_for_s() < BLOCKED_NOT_READY_S for r in self.runners
         )
 
     # -- checkpoints -----------------------------------------------------------------------------------------
@@ -316,9 +319,7 @@ class Agent:
         while True:
             await asyncio.sleep(5)
             for r in self.runners:
-                finish = getattr(r.sink, "finish_if_old", None)
-                if finish is not None:
-                    await asyncio.to_thread(finish)
+                await r.sink.tick(time.monotonic())
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def request_stop(self) -> None:

@@ -22,14 +22,15 @@ from typing import Any
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.delivery.config import BatchConfig
-from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.contract import Sink
+from kube_audit_shipper.delivery.runner import SinkRunner
 from kube_audit_shipper.delivery.spool import Spool
 from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.obs.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Build = Callable[[Any], Any]  # sink config -> sink
+Build = Callable[[Any], Sink]  # sink config -> sink (through its registry, with the pipeline's SinkContext)
 
 
 class RunnerGroup:
@@ -63,7 +64,7 @@ class RunnerGroup:
     def names(self) -> list[str]:
         return [r.name for r in self.runners] + list(self.held)
 
-    def add(self, cfg: Any, sink: Any = None) -> SinkRunner:
+    def add(self, cfg: Any, sink: Sink | None = None) -> SinkRunner:
         """A runner for `cfg` (or for `sink`, already built: tests pass their own), with its spool; not started."""
         runner = SinkRunner(
             sink if sink is not None else self._build(cfg),
@@ -107,8 +108,10 @@ class RunnerGroup:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-        abandoned = await runner.finish(max(0.0, deadline - time.monotonic()))
-        await runner.sink.aclose()
+        try:
+            abandoned = await runner.finish(max(0.0, deadline - time.monotonic()))
+        finally:
+            await runner.aclose(deadline)
         return not (abandoned or pending)
 
     def hold(self, name: str) -> None:
@@ -130,10 +133,11 @@ class RunnerGroup:
             await runner.stop()
 
     async def aclose(self, left: float | None) -> None:
+        """Close every sink; one that has work of its own (the S3 uploads of what it staged) finishes it within
+        `left` seconds (None: no bound)."""
+        deadline = None if left is None else time.monotonic() + left
         for runner in self.runners:
-            if hasattr(runner.sink, "shutdown_timeout_s"):  # the S3 sink uploads what it staged, within the time left
-                runner.sink.shutdown_timeout_s = left
             try:
-                await runner.sink.aclose()
+                await runner.aclose(deadline)
             except Exception:
                 log.exception("closing a sink failed", extra={"sink": runner.name})

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,10 +21,10 @@ from kube_audit_shipper.app.build import load_transform, lock_state_dir
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.config import Config
 from kube_audit_shipper.deadletter.store import DeadLetterStore
-from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.runner import SinkRunner
 from kube_audit_shipper.errors import MalformedEventError
 from kube_audit_shipper.process.check import check_event
-from kube_audit_shipper.sinks.registry import build_sink
+from kube_audit_shipper.sinks.registry import build_sink, sink_context
 
 
 def _store(cfg: Config) -> DeadLetterStore:
@@ -56,7 +57,8 @@ def list_deadletters(cfg: Config, *, sink: str | None, include_replayed: bool, a
 
 async def _replay(cfg: Config, records: list[dict[str, Any]], store: DeadLetterStore, out: TextIO) -> int:
     transform = load_transform(cfg)  # no detection: replayed events raised their alerts when first read
-    sinks = {s.name: build_sink(s, node=cfg.node, state_dir=cfg.state_dir) for s in cfg.sinks}
+    ctx = sink_context(node=cfg.node, state_dir=cfg.state_dir, input_paths=cfg.input.paths)
+    sinks = {s.name: build_sink(s, ctx) for s in cfg.sinks}
     ledger = Ledger(list(sinks))
     runners = {
         name: SinkRunner(sink, batch=cfg.batch_for(scfg), retry=scfg.retry, concurrency=1, ledger=ledger, deadletter=store)
@@ -102,8 +104,9 @@ async def _replay(cfg: Config, records: list[dict[str, Any]], store: DeadLetterS
         ids = sorted({rid for items in per_sink.values() for rid, _ in items})
         store.mark_replayed(ids)
     finally:
-        for sink in sinks.values():
-            await sink.aclose()
+        deadline = time.monotonic() + cfg.shutdown_timeout_s  # sinks finish their own work (S3 uploads) within it
+        for runner in runners.values():
+            await runner.aclose(deadline)
         store.close()
     rejected = sum(r.rejected_events + r.gave_up_events for r in runners.values())
     out.write(

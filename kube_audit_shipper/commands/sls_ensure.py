@@ -77,6 +77,7 @@ class _Failed(Exception):
 
 async def _ensure_one(scfg: Any, *, ttl_days: int, shards: int, update_index: bool, dry_run: bool, out: TextIO) -> int:
     from kube_audit_shipper.delivery.contract import Reply
+    from kube_audit_shipper.sinks.http.client import HttpClients
     from kube_audit_shipper.sinks.sls import index as idx
     from kube_audit_shipper.sinks.sls.auth import CredentialsError, CredentialSource
     from kube_audit_shipper.sinks.sls.client import SlsClient, parse_error
@@ -88,7 +89,7 @@ async def _ensure_one(scfg: Any, *, ttl_days: int, shards: int, update_index: bo
         credentials_file=scfg.credentials_file,
         env_names=(scfg.access_key_id_env, scfg.access_key_secret_env, scfg.security_token_env),
     )
-    client = SlsClient(scfg, creds)
+    client = SlsClient(scfg, creds, HttpClients()(scfg))
     where = f"sink {scfg.name} (project {scfg.project}, logstore {scfg.logstore} at {scfg.endpoint})"
     prefix = "would " if dry_run else ""
 

@@ -1,8 +1,11 @@
-"""Blocks shared by every sink's config: batching and retries."""
+"""Blocks shared by every sink's config: batching, retries, spool, the keys every sink has, and the keys every
+HTTP sink has (timeout, TLS, proxy: one shape for Loki, SLS and the alert targets, read by the one HTTP client
+factory a sink gets in its SinkContext)."""
 
 from __future__ import annotations
 
 from typing import Annotated, ClassVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -60,3 +63,34 @@ class SinkConfigBase(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
         if self.ordered_because is not None and self.concurrency != 1:
             tag = type(self).__struct_config__.tag
             raise ValueError(f"concurrency {self.concurrency}: a {tag} sink sends one batch at a time ({self.ordered_because}); set 1 or leave it out")
+
+
+class TlsConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    ca_file: Annotated[str | None, msgspec.Meta(description="PEM CA bundle the server certificate is checked against; absent: the system CAs")] = None
+    cert_file: Annotated[str | None, msgspec.Meta(description="PEM client certificate (mutual TLS); needs key_file")] = None
+    key_file: Annotated[str | None, msgspec.Meta(description="PEM private key of cert_file")] = None
+    insecure_skip_verify: Annotated[
+        bool, msgspec.Meta(description="do not check the server certificate (tests only: anyone can read and forge the traffic)")
+    ] = False
+
+
+class HttpSinkConfigBase(SinkConfigBase, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Keys of every sink that talks HTTP (Loki, SLS, the alert targets): the block the HTTP client factory reads.
+
+    A subclass may give `timeout_s` another default by declaring it again."""
+
+    timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600, description="whole-request timeout of one attempt")] = 10.0
+    tls: Annotated[
+        TlsConfig | None,
+        msgspec.Meta(description="https only: CA, client certificate; the server certificate is always checked unless insecure_skip_verify"),
+    ] = None
+    proxy_url: Annotated[str | None, msgspec.Meta(description="HTTP(S) proxy; environment proxy variables are not used")] = None
+
+    def http_problems(self) -> list[str]:
+        """What is wrong with the TLS and proxy keys (each sink checks its own URL)."""
+        problems = []
+        if self.tls is not None and (self.tls.cert_file is None) != (self.tls.key_file is None):
+            problems.append("tls: cert_file and key_file go together")
+        if self.proxy_url is not None and urlsplit(self.proxy_url).scheme not in ("http", "https"):
+            problems.append(f"proxy_url {self.proxy_url!r}: expected http://host:port or https://...")
+        return problems

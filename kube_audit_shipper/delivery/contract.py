@@ -1,10 +1,11 @@
-"""What a sink is to the delivery engine, and the four (five) answers a delivery attempt can get.
+"""What a sink is to the delivery engine, and the five answers a delivery attempt can get.
 
 A sink turns a batch of records into wire requests (`encode`: CPU only, runs in a worker thread, may
 split at backend limits), makes exactly one attempt per request (`send`: one HTTP call or one write;
 transport errors propagate; never sleeps, loops or retries), and says what the answer means
-(`classify`: a pure function). Batching, concurrency, backoff, Retry-After, spool, dead letters,
-acknowledgements and the shipped/failed metrics live in the engine, once, for every sink.
+(`classify`: a pure function of the request and the answer; whatever the sink learns from an answer, it
+learns in `send`). Batching, concurrency, backoff, Retry-After, spool, dead letters, acknowledgements and
+the shipped/failed metrics live in the engine (delivery/runner.py), once, for every sink.
 
     Delivered            every record of the request is stored
     Retry(reason, after) try again later: connection errors, timeouts, 5xx, 429, quota (after: Retry-After, s)
@@ -13,11 +14,16 @@ acknowledgements and the shipped/failed metrics live in the engine, once, for ev
     Blocked(reason)      cannot work until an operator acts (credentials, missing bucket/logstore, TLS):
                          retry slowly, one error log per interval, sink state metric, keep the data
     Split(reason)        the request itself is too large for the backend: `sink.split` it and send the parts
+
+A sink subclasses `Sink` and is built by its registry as `XSink(cfg, ctx)` (delivery/context.py). The
+capabilities below the core methods are optional: their defaults say "none", so the engine and the
+pipeline call them on every sink without asking whether it has them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from abc import abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -70,38 +76,58 @@ class Split:
 
 
 Outcome = Delivered | Retry | Rejected | Blocked | Split
+Failure = Retry | Blocked  # an attempt that must be made again, after a wait
 
 
 @runtime_checkable
 class Sink(Protocol):
+    """The sink interface. Subclass it: the abstract methods are the contract, the rest are capabilities
+    with defaults that mean "none"."""
+
     name: str
-    max_concurrency: int | None  # a backend that must see batches in order says 1
+    max_concurrency: int | None = None  # a backend that must see batches in order says 1
 
-    def encode(self, records: list[bytes]) -> list[Request]: ...
+    @abstractmethod
+    def encode(self, records: list[bytes]) -> list[Request]:
+        """The batch as wire requests whose indices cover every record once (CPU only, in a worker thread)."""
 
+    @abstractmethod
     def split(self, request: Request, records: list[bytes]) -> list[Request]:
-        """Re-encode the records of a too-large request as two or more smaller requests."""
-        ...
+        """Re-encode the records of a too-large request as two or more smaller requests; [] when it cannot."""
 
-    async def send(self, request: Request) -> Reply: ...
+    @abstractmethod
+    async def send(self, request: Request) -> Reply:
+        """One attempt; transport errors propagate."""
 
-    def classify(self, request: Request, result: Reply | BaseException) -> Outcome: ...
+    @abstractmethod
+    def classify(self, request: Request, result: Reply | BaseException) -> Outcome:
+        """What the answer to `send` means. Pure: the same request and answer give the same outcome, and
+        neither the sink nor the request changes."""
 
-    async def aclose(self) -> None: ...
+    @abstractmethod
+    async def aclose(self, deadline: float | None = None) -> None:
+        """Release what the sink holds, finishing its own work (an upload of what it staged) by `deadline`
+        (a time.monotonic() value; None: no bound). Called once, after the last `send`."""
 
+    # -- capabilities: defaults mean "none" ------------------------------------------------------
+    async def run_background(self) -> None:
+        """The sink's own long-running work (the S3 uploader), run by its runner from the start until
+        `aclose` has asked it to end (it then returns, or is cancelled past the deadline). An exception
+        fails the runner, so it never vanishes."""
+        return None
 
-class Batch:
-    """Records for one sink plus the input ranges they stand for, per file."""
+    async def tick(self, now: float) -> None:
+        """Time-based housekeeping (the file sink finishes a file that is old enough), called every few
+        seconds with time.monotonic()."""
+        return None
 
-    __slots__ = ("nbytes", "oldest_read", "parts", "ranges", "records", "started")
+    def blocked_for_s(self) -> float:
+        """How long the sink's own work (not its sends) has been blocked: readiness and metrics."""
+        return 0.0
 
-    def __init__(self, started: float) -> None:
-        self.records: list[bytes] = []
-        self.parts: list[tuple[Any, int, int]] = []  # (chunk, i, j): records[...] came from chunk.records[i:j]
-        self.ranges: dict[int, list[int]] = {}  # fid -> [start, end)
-        self.nbytes = 0
-        self.started = started
-        self.oldest_read = started
+    def metric_families(self) -> Iterable[Any]:
+        """The sink's own Prometheus metric families, collected at scrape time."""
+        return ()
 
 
 def split_in_half(request: Request) -> tuple[list[int], list[int]] | None:

@@ -20,21 +20,22 @@ type is configured, as in sinks/registry.py. Construction is in `build_alert_tar
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import TYPE_CHECKING, Annotated, Any, Union
 from urllib.parse import urlsplit
 
 import msgspec
 
 from kube_audit_shipper.delivery.config import SinkConfigBase
-from kube_audit_shipper.delivery.contract import Outcome, Reply, Request
+from kube_audit_shipper.delivery.context import SinkContext
+from kube_audit_shipper.delivery.contract import Outcome, Reply, Request, Sink
 from kube_audit_shipper.sinks.alertmanager.config import AlertmanagerTargetConfig
 from kube_audit_shipper.sinks.alerts import format as alert_format
 from kube_audit_shipper.sinks.alerts.format import AlertFormat
 from kube_audit_shipper.sinks.dingtalk.config import DingTalkTargetConfig
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
+from kube_audit_shipper.sinks.http.config import HttpAuthConfigBase
 from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
-from kube_audit_shipper.sinks.registry import SINK_IMPLEMENTATIONS
+from kube_audit_shipper.sinks.registry import SINK_IMPLEMENTATIONS, implementation
 from kube_audit_shipper.sinks.s3.config import S3SinkConfig
 from kube_audit_shipper.sinks.slack.config import SlackTargetConfig
 from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
@@ -118,13 +119,11 @@ def target_type(cfg: Any) -> str:
     return str(type(cfg).__struct_config__.tag)
 
 
-def build_alert_target(cfg: Any, *, node: str, state_dir: str) -> Any:
-    """Import the configured target's implementation (only now) and build it: `XSink(cfg, node=, state_dir=)`."""
+def build_alert_target(cfg: Any, ctx: SinkContext) -> Sink:
+    """Import the configured target's implementation (only now) and build it: `XSink(cfg, ctx)`."""
     kind = target_type(cfg)
-    if kind in RECORD_TARGETS:
-        return _record_sink_class(kind)(cfg, node=node, state_dir=state_dir)
-    module, _, attr = ALERT_TARGET_IMPLEMENTATIONS[kind].partition(":")
-    return getattr(importlib.import_module(module), attr)(cfg, node=node, state_dir=state_dir)
+    cls = _record_sink_class(kind) if kind in RECORD_TARGETS else implementation(ALERT_TARGET_IMPLEMENTATIONS[kind])
+    return cls(cfg, ctx)  # type: ignore[call-arg]
 
 
 class AlertRecordMixin:
@@ -136,10 +135,10 @@ class AlertRecordMixin:
     _alert_format: AlertFormat
     _alert_host: str
 
-    def __init__(self, cfg: Any, *, node: str, state_dir: str, **kw: Any) -> None:
-        super().__init__(cfg, node=node, state_dir=state_dir, **kw)  # type: ignore[call-arg]
+    def __init__(self, cfg: Any, ctx: SinkContext) -> None:
+        super().__init__(cfg, ctx)  # type: ignore[call-arg]
         self._alert_format = cfg.format
-        self._alert_host = node
+        self._alert_host = ctx.node
 
     def encode(self, records: list[bytes]) -> list[Request]:
         converted, bad = alert_format.convert(records, self._alert_format, hostname=self._alert_host)
@@ -172,9 +171,8 @@ class AlertRecordMixin:
 
 
 @functools.cache
-def _record_sink_class(kind: str) -> type:
-    module, _, attr = SINK_IMPLEMENTATIONS[kind].partition(":")
-    base = getattr(importlib.import_module(module), attr)
+def _record_sink_class(kind: str) -> type[Sink]:
+    base = implementation(SINK_IMPLEMENTATIONS[kind])
     return type(f"Alert{base.__name__}", (AlertRecordMixin, base), {"__doc__": f"{base.__name__} storing alert records."})
 
 
@@ -201,20 +199,18 @@ def secret_values(cfg: Any) -> list[str]:
     """Values of an alert target's config that must never reach a log line: tokens, secrets, passwords, and the
     Slack webhook URL (the URL is the credential; its path alone too, as it may appear without the host)."""
     found: list[str] = []
-    for key in ("access_token", "secret", "bearer_token"):
-        value = getattr(cfg, key, None)
-        if isinstance(value, str) and value:
-            found.append(value)
-    basic = getattr(cfg, "basic_auth", None)
-    if basic is not None:
-        found.append(basic.password)
-    webhook = getattr(cfg, "webhook_url", None)
-    if isinstance(webhook, str):
-        found.append(webhook)
-        path = urlsplit(webhook).path
+    if isinstance(cfg, DingTalkTargetConfig):
+        found += [cfg.access_token, cfg.secret or ""]
+    if isinstance(cfg, SlackTargetConfig):
+        found.append(cfg.webhook_url)
+        path = urlsplit(cfg.webhook_url).path
         if path.count("/") >= 2:
             found.append(path)
-    for header, value in getattr(cfg, "headers", {}).items():
-        if header.lower() in ("authorization", "proxy-authorization") or "key" in header.lower() or "token" in header.lower():
-            found.append(value)
+    if isinstance(cfg, HttpAuthConfigBase):
+        found.append(cfg.bearer_token or "")
+        if cfg.basic_auth is not None:
+            found.append(cfg.basic_auth.password)
+        for header, value in cfg.headers.items():
+            if header.lower() in ("authorization", "proxy-authorization") or "key" in header.lower() or "token" in header.lower():
+                found.append(value)
     return [v for v in found if v]

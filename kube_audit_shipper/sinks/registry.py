@@ -2,15 +2,19 @@
 
 Config classes are imported eagerly (they only need msgspec); sink implementations are imported only
 when a sink of that type is configured, so a missing optional dependency of an unused sink never matters.
+Every sink is built here, as `XSink(cfg, ctx)`, with the SinkContext the agent made (`sink_context`).
 """
 
 from __future__ import annotations
 
-import importlib
+import pkgutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from kube_audit_shipper.delivery.config import SinkConfigBase
+from kube_audit_shipper.delivery.context import SinkContext
+from kube_audit_shipper.delivery.contract import Sink
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
 from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
 from kube_audit_shipper.sinks.s3.config import S3SinkConfig
@@ -34,17 +38,22 @@ def sink_type(cfg: Any) -> str:
     return str(type(cfg).__struct_config__.tag)
 
 
-# context a sink type needs beyond (cfg, node, state_dir): the SLS `__path__` tag names the input paths
-SINK_CONTEXT: dict[str, tuple[str, ...]] = {"sls": ("input_paths",)}
+def implementation(path: str) -> type[Sink]:
+    """The sink class named `module:Class` (its module imported only now)."""
+    cls = pkgutil.resolve_name(path)
+    if not (isinstance(cls, type) and Sink in cls.__mro__):  # (a Protocol with attributes: no issubclass)
+        raise TypeError(f"{path} is not a Sink")
+    return cls
 
 
-def build_sink(cfg: Any, *, node: str, state_dir: str, input_paths: Sequence[str] = ()) -> Any:
-    """Import the configured sink's implementation (only now) and build it: `XSink(cfg, node=, state_dir=)`.
+def sink_context(*, node: str, state_dir: str | Path, input_paths: Sequence[str] = ()) -> SinkContext:
+    """The context the agent hands every sink and alert target: this node, the state directory, the input
+    paths, and the HTTP client factory every HTTP sink makes its client with."""
+    from kube_audit_shipper.sinks.http.client import HttpClients  # (httpx only once a sink is built)
 
-    `state_dir` is the agent's; a sink that keeps files of its own (S3 staging) uses `<state_dir>/<kind>/<name>`.
-    """
-    kind = sink_type(cfg)
-    module, _, attr = SINK_IMPLEMENTATIONS[kind].partition(":")
-    context = {"input_paths": tuple(input_paths)}
-    extra = {k: context[k] for k in SINK_CONTEXT.get(kind, ())}
-    return getattr(importlib.import_module(module), attr)(cfg, node=node, state_dir=state_dir, **extra)
+    return SinkContext(node=node, state_dir=Path(state_dir), input_paths=tuple(input_paths), http=HttpClients())
+
+
+def build_sink(cfg: Any, ctx: SinkContext) -> Sink:
+    """Import the configured sink's implementation (only now) and build it: `XSink(cfg, ctx)`."""
+    return implementation(SINK_IMPLEMENTATIONS[sink_type(cfg)])(cfg, ctx)  # type: ignore[call-arg]

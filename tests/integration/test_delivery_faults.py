@@ -45,6 +45,7 @@ from tests.support.fault_sink import (
     status,
 )
 from tests.support.harness import Running, append, run_once, sink_lines
+from tests.support.sink_context import context
 from tests.support.wait import until
 
 MiB = 1 << 20
@@ -87,7 +88,7 @@ def config(tmp: Path, **kw: Any) -> Config:
 
 
 def sinks_for(cfg: Config, server: FaultServer, **fault: Any) -> list[Any]:
-    return [FaultSink(s.name, server.url, **fault) if s.name == "flaky" else FileSink(s) for s in cfg.sinks]
+    return [FaultSink(s.name, server.url, **fault) if s.name == "flaky" else FileSink(s, context(cfg.state_dir, node=cfg.node)) for s in cfg.sinks]
 
 
 def write_events(tmp: Path, lines: list[bytes]) -> list[str]:
@@ -342,7 +343,7 @@ def test_permanent_rejections_are_dead_lettered_with_the_reason_listed_and_repla
 
     still_bad = min(expected)
     server.reject = lambda a: "still too large" if a == still_bad else None
-    monkeypatch.setattr(dl_cmd, "build_sink", lambda s, **kw: FaultSink(s.name, server.url) if s.name == "flaky" else FileSink(s))
+    monkeypatch.setattr(dl_cmd, "build_sink", lambda s, ctx: FaultSink(s.name, server.url) if s.name == "flaky" else FileSink(s, ctx))
     out = io.StringIO()
     assert dl_cmd.replay_deadletters(cfg, sink=None, ids=None, out=out) == 0
     assert server.stored_ids() >= expected - {still_bad} and still_bad not in server.stored_ids()
@@ -413,7 +414,7 @@ def _cli(*args: str) -> str:
 
 
 def test_retry_age_gives_up_to_dead_letters_with_reason_log_and_counter(tmp_path: Path, server: FaultServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.ERROR, logger="kube_audit_shipper.delivery.engine")
+    caplog.set_level(logging.ERROR, logger="kube_audit_shipper.delivery.runner")
     written = write_events(tmp_path, numbered_lines(300))
     server.default = status(503)
     cfg = config(tmp_path, flaky={"retry": {"initial_ms": 20, "max_ms": 200, "max_retry_age_s": 1}})
@@ -452,7 +453,7 @@ def test_413_splits_requests_and_a_record_too_large_is_dead_lettered(tmp_path: P
 
 @pytest.mark.asyncio
 async def test_blocked_sink_keeps_data_logs_once_sets_metrics_and_recovers(tmp_path: Path, server: FaultServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="kube_audit_shipper.delivery.engine")
+    caplog.set_level(logging.INFO, logger="kube_audit_shipper.delivery.runner")
     written = write_events(tmp_path, numbered_lines(400))
     server.default = UNAUTHORIZED
     cfg = config(tmp_path, flaky={"retry": {"initial_ms": 10, "max_ms": 100}})
@@ -549,7 +550,7 @@ async def test_a_down_sink_with_spool_room_does_not_hold_back_the_reader_or_the_
 
 @pytest.mark.asyncio
 async def test_spool_full_holds_the_reader_back_and_nothing_is_lost(tmp_path: Path, server: FaultServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="kube_audit_shipper.delivery.engine")
+    caplog.set_level(logging.WARNING, logger="kube_audit_shipper.delivery.runner")
     lines = padded_lines(6000, pad=1200, seed=4)  # ~10 MiB, compresses to ~8 MiB: a 1 MiB spool fills
     server.down()
     cfg = config(tmp_path, memory_limit_bytes=4 * MiB, flaky={"spool": {"max_bytes": MiB}, "concurrency": 2})

@@ -19,7 +19,7 @@ from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
 from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Retry
-from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.runner import SinkRunner
 from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
 from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
@@ -27,6 +27,7 @@ from kube_audit_shipper.sinks.loki.event import TRIM_ANNOTATION
 from kube_audit_shipper.sinks.loki.sink import LokiSink
 from tests.support.corpus import numbered_lines
 from tests.support.loki_server import Answer, LokiLimits, LokiServer, ManualClock, recent_corpus
+from tests.support.sink_context import context
 
 FAST = RetryConfig(initial_ms=1, max_ms=20)
 
@@ -37,7 +38,7 @@ def recent(n: int, seed: int = 1, **mix: Any) -> list[bytes]:
 
 
 def make(url: str, **kw: Any) -> LokiSink:
-    return LokiSink(msgspec.convert({"type": "loki", "name": "loki", "url": url, **kw}, LokiSinkConfig), node="cp-1")
+    return LokiSink(msgspec.convert({"type": "loki", "name": "loki", "url": url, **kw}, LokiSinkConfig), context("/var/lib/kas"))
 
 
 def ship(sink: LokiSink, records: list[bytes], tmp: Path, *, max_events: int = 500, max_bytes: int = 4 << 20) -> list[dict[str, Any]]:

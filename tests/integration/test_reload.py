@@ -14,6 +14,7 @@ import yaml
 from kube_audit_shipper.app import reload
 from tests.support.corpus import REPO, numbered_lines
 from tests.support.harness import append, sink_lines
+from tests.support.sink_context import context
 from tests.support.wait import until_blocking
 
 
@@ -149,7 +150,10 @@ def test_apply_removes_a_sink_and_checkpoints_stop_waiting_for_it(tmp_path: Path
             await gate.wait()  # never set: sink b is down
             return await super().send(request)
 
-    sinks = [FileSink(FileSinkConfig(name="a", path=str(tmp_path / "out"))), Down(FileSinkConfig(name="b", path=str(tmp_path / "outb")))]
+    sinks = [
+        FileSink(FileSinkConfig(name="a", path=str(tmp_path / "out")), context(tmp_path / "state")),
+        Down(FileSinkConfig(name="b", path=str(tmp_path / "outb")), context(tmp_path / "state")),
+    ]
 
     async def scenario() -> int:
         async with Running(cfg, sinks=sinks) as run:
@@ -197,7 +201,7 @@ def test_changing_a_failing_sink_restarts_the_pipeline_instead_of_stranding_its_
 
     async def scenario() -> tuple[bool, bool, int]:
         cfg = parse(base)
-        async with Running(cfg, sinks=[Down(FileSinkConfig(name="a", path=str(tmp_path / "out")))]) as run:
+        async with Running(cfg, sinks=[Down(FileSinkConfig(name="a", path=str(tmp_path / "out")), context(tmp_path / "state"))]) as run:
             agent = run.agent
             await until(lambda: agent.metrics_state().events_read == 100, what="read")
             # read is not yet handed to the sink: wait until the failing sink holds a batch, which the change strands

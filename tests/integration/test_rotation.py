@@ -13,6 +13,7 @@ import pytest
 from kube_audit_shipper.checkpoint.store import CheckpointStore
 from tests.support.corpus import audit_id, numbered_lines
 from tests.support.harness import Running, append, make_config, rotate, run_once, sink_lines
+from tests.support.sink_context import context
 from tests.support.wait import until
 
 
@@ -190,7 +191,7 @@ def test_deleted_while_open_is_drained_through_the_descriptor(tmp_path: Path) ->
             return await super().send(request)
 
     cfg = make_config(tmp_path, memory_limit_bytes=1 << 20, input={"read_chunk_bytes": 65536})
-    sink = GatedSink(FileSinkConfig(name="archive", path=str(tmp_path / "out")))
+    sink = GatedSink(FileSinkConfig(name="archive", path=str(tmp_path / "out")), context(tmp_path / "state"))
 
     async def scenario() -> None:
         async with Running(cfg, sinks=[sink]) as run:
@@ -260,7 +261,7 @@ def test_oldest_backup_being_read_is_flagged_at_risk(tmp_path: Path, caplog: pyt
             return await super().send(request)
 
     cfg = make_config(tmp_path, memory_limit_bytes=1 << 20, input={"backfill_rotated": True, "read_chunk_bytes": 65536})
-    sink = GatedSink(FileSinkConfig(name="archive", path=str(tmp_path / "out")))
+    sink = GatedSink(FileSinkConfig(name="archive", path=str(tmp_path / "out")), context(tmp_path / "state"))
 
     async def scenario() -> tuple[list[str], int, int]:
         async with Running(cfg, sinks=[sink]) as run:

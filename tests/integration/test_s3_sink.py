@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ from tests.support.s3_server import (
     read_objects,
     s3_client,
 )
-from tests.support.wait import until
+from tests.support.sink_context import context, working
+from tests.support.wait import until, until_blocking
 
 pytestmark = pytest.mark.asyncio
 
@@ -52,7 +54,12 @@ def make_sink(server: SeaweedS3, bucket: str, state: Path, *, endpoint: str | No
     cfg = msgspec.convert(
         {**server.sink_config(bucket, key_fields={"cluster_id": "c0123"}, retry=FAST_RETRY), **({"endpoint": endpoint} if endpoint else {}), **kw}, S3SinkConfig
     )
-    return S3Sink(cfg, node=node, state_dir=str(state))
+    return S3Sink(cfg, context(state, node=node))
+
+
+def within(seconds: float) -> float:
+    """A deadline for aclose: `seconds` from now."""
+    return time.monotonic() + seconds
 
 
 async def stage(sink: S3Sink, lines: list[bytes], batch: int = 200) -> None:
@@ -79,9 +86,10 @@ async def test_objects_round_trip_real_and_generated_events(s3_server: SeaweedS3
     sink = make_sink(s3_server, bucket, tmp_path, compression=codec, key_template=template)
     gen = AuditEventGenerator(seed=5, start_time=datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc))
     lines = numbered_lines(700, prefix="rt") + list(gen.lines(1500))
-    await stage(sink, lines)
-    assert sink.staged_objects >= 1  # the last object stays open until object_max_age_s or the stop
-    await sink.aclose()
+    async with working(sink):
+        await stage(sink, lines)
+        assert sink.staged_objects >= 1  # the last object stays open until object_max_age_s or the stop
+        await sink.aclose()
     objects = await read_objects(s3_server.endpoint, bucket)
     assert sorted(ids(objects, codec)) == sorted(audit_id(x) for x in lines)  # every event, once
     for key in objects:
@@ -95,8 +103,9 @@ async def test_keys_and_partitions_follow_each_objects_first_event(s3_server: Se
     sink = make_sink(s3_server, bucket, tmp_path)
     start = datetime(2026, 11, 22, 9, 40, tzinfo=timezone.utc)
     lines = list(AuditEventGenerator(seed=8, start_time=start, mix=EventMix(events_per_second=0.5)).lines(3000))  # ~100 min
-    await stage(sink, lines, batch=250)
-    await sink.aclose()
+    async with working(sink):
+        await stage(sink, lines, batch=250)
+        await sink.aclose()
     objects = await read_objects(s3_server.endpoint, bucket)
     assert len(objects) == 3  # 09:40-09:59, 10:00-10:59, 11:00-11:20: one object per hour partition
     seqs = []
@@ -123,8 +132,9 @@ async def test_multipart_upload_of_several_parts_with_sse_tags_and_storage_class
             s3_server, bucket, tmp_path, endpoint=proxy.endpoint, object_max_bytes=12 * MiB, part_size_bytes=5 * MiB, checksum=checksum,
             sse="AES256", storage_class="STANDARD_IA", tags={"retention": "400d", "source": "kube-audit"},
         )  # fmt: skip
-        await stage(sink, lines, batch=250)
-        await sink.aclose()
+        async with working(sink):
+            await stage(sink, lines, batch=250)
+            await sink.aclose()
     objects = await read_objects(s3_server.endpoint, bucket)
     assert sorted(ids(objects)) == sorted(audit_id(x) for x in lines)
     assert proxy.ops.count("CreateMultipartUpload") == 1 and proxy.ops.count("CompleteMultipartUpload") == 1
@@ -155,14 +165,14 @@ async def test_blocking_errors_keep_the_data_staged_until_fixed(
     bucket = f"missing-{code.lower()}-{tmp_path.name[-6:].lower()}".replace("_", "-") if missing_bucket else await new_bucket(s3_server.endpoint)
     lines = numbered_lines(300, prefix=code)
     sink = make_sink(s3_server, bucket, tmp_path, access_key_id=creds[0], secret_access_key=creds[1])
-    sink.shutdown_timeout_s = 1.0
-    await stage(sink, lines)
-    staged = sink.staged_objects
-    caplog.set_level(logging.ERROR, logger="kube_audit_shipper.sinks.s3")
-    closing = asyncio.ensure_future(sink.aclose())
-    await until(lambda: sink.upload_state == "blocked", timeout_s=10, what="blocked state")
-    assert code in (sink.upload_error or "")
-    await closing
+    async with working(sink):
+        await stage(sink, lines)
+        staged = sink.staged_objects
+        caplog.set_level(logging.ERROR, logger="kube_audit_shipper.sinks.s3")
+        closing = asyncio.ensure_future(sink.aclose(within(1.0)))
+        await until(lambda: sink.upload_state == "blocked", timeout_s=10, what="blocked state")
+        assert code in (sink.upload_error or "")
+        await closing
     blocked_logs = [r for r in caplog.records if r.getMessage().startswith("s3 uploads blocked")]
     assert len(blocked_logs) == 1 and code in blocked_logs[0].reason  # type: ignore[attr-defined]  # once a minute
     assert sink.uploader.retries >= 2 and sink.staged_objects == staged and sink.uploader.objects_uploaded == 0  # all kept
@@ -170,7 +180,8 @@ async def test_blocking_errors_keep_the_data_staged_until_fixed(
         async with s3_client(s3_server.endpoint) as c:
             await c.create_bucket(Bucket=bucket)
     fixed = make_sink(s3_server, bucket, tmp_path)
-    await fixed.aclose()  # uploads what the blocked run left staged
+    async with working(fixed):
+        await fixed.aclose()  # uploads what the blocked run left staged
     assert sorted(ids(await read_objects(s3_server.endpoint, bucket))) == sorted(audit_id(x) for x in lines)
 
 
@@ -187,8 +198,9 @@ async def test_throttling_and_5xx_are_retried_per_call(s3_server: SeaweedS3, tmp
         ):
             proxy.add(fault)
         sink = make_sink(s3_server, bucket, tmp_path, endpoint=proxy.endpoint, object_max_bytes=12 * MiB, part_size_bytes=5 * MiB)
-        await stage(sink, lines, batch=250)
-        await sink.aclose()
+        async with working(sink):
+            await stage(sink, lines, batch=250)
+            await sink.aclose()
         assert all(f.applied == f.times for f in proxy.faults)
     assert sorted(ids(await read_objects(s3_server.endpoint, bucket))) == sorted(audit_id(x) for x in lines)
     assert sink.uploader.retries == 7 and sink.upload_state == "ok"
@@ -209,13 +221,14 @@ async def test_an_upload_cut_midway_is_retried_and_never_visible_partially(s3_se
         else:
             cut, held = proxy.add(Fault("PutObject", "reset", times=2)), proxy.add(Fault("PutObject", "hold"))
         sink = make_sink(s3_server, bucket, tmp_path, endpoint=proxy.endpoint, object_max_bytes=8 * MiB, part_size_bytes=5 * MiB)
-        await stage(sink, lines, batch=250)
-        closing = asyncio.ensure_future(sink.aclose())
-        await until(lambda: held.applied == 1, timeout_s=20, what="the retried upload to reach the server")
-        assert cut.applied == 2
-        assert await read_objects(s3_server.endpoint, bucket) == {}  # nothing visible, not even part of it
-        held.released.set()
-        await closing
+        async with working(sink):
+            await stage(sink, lines, batch=250)
+            closing = asyncio.ensure_future(sink.aclose())
+            await until(lambda: held.applied == 1, timeout_s=20, what="the retried upload to reach the server")
+            assert cut.applied == 2
+            assert await read_objects(s3_server.endpoint, bucket) == {}  # nothing visible, not even part of it
+            held.released.set()
+            await closing
     objects = await read_objects(s3_server.endpoint, bucket)
     assert sorted(ids(objects)) == sorted(audit_id(x) for x in lines)
     assert sink.uploader.retries in (1, 2) and sink.upload_state == "ok"
@@ -223,12 +236,46 @@ async def test_an_upload_cut_midway_is_retried_and_never_visible_partially(s3_se
         assert proxy.ops.count("UploadPart") == 2 + 2 and sink.uploader.parts_uploaded == 2
 
 
+async def test_the_object_sealed_at_stop_is_uploaded_whenever_the_uploader_looks(s3_server: SeaweedS3, tmp_path: Path) -> None:
+    """Regression (a CI flake): the uploader ended when it looked between the stop's start and its seal of the
+    object being filled, so that object stayed staged. Here it looks exactly then: its first look for a sealed
+    object comes while the stop is sealing (its start-up call, ListMultipartUploads, is answered from inside the
+    seal); it must wait for that seal and upload the object."""
+    bucket = await new_bucket(s3_server.endpoint)
+    lines = bulky_lines(300, prefix="seal")  # one hour: one object
+    with FaultProxy(s3_server.port) as proxy:
+        listing = proxy.add(Fault("ListMultipartUploads", "hold"))
+        sink = make_sink(s3_server, bucket, tmp_path, endpoint=proxy.endpoint)
+        looks = [0]
+        next_sealed, seal = sink.staging.next_sealed, sink.staging.seal
+
+        def counted() -> Any:
+            looks[0] += 1
+            return next_sealed()
+
+        async with working(sink) as uploader:
+
+            def seal_after_the_uploader_looked() -> bool:
+                listing.released.set()  # the uploader goes on from its start-up call now, while this seal runs
+                until_blocking(lambda: looks[0] >= 2 or uploader.done(), timeout_s=20, what="the uploader to look for sealed objects")
+                return seal()
+
+            sink.staging.next_sealed = counted  # type: ignore[method-assign]
+            sink.staging.seal = seal_after_the_uploader_looked  # type: ignore[method-assign]
+            await stage(sink, lines)
+            await until(lambda: listing.applied == 1, timeout_s=20, what="the uploader's start-up call")
+            assert looks[0] == 0 and sink.staged_objects == 1
+            await sink.aclose()
+            assert not uploader.cancelled()
+    assert sink.staged_objects == 0 and sorted(ids(await read_objects(s3_server.endpoint, bucket))) == sorted(audit_id(x) for x in lines)
+
+
 async def test_staged_objects_left_by_a_crash_are_uploaded_at_start_once(s3_server: SeaweedS3, tmp_path: Path) -> None:
     bucket = await new_bucket(s3_server.endpoint)
     lines = list(AuditEventGenerator(seed=11, start_time=datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)).lines(1200))
 
     def crashed_run() -> S3Sink:  # what send() does, in a process that dies before any upload
-        sink = make_sink(s3_server, bucket, tmp_path)  # no event loop in this thread: no upload task
+        sink = make_sink(s3_server, bucket, tmp_path)  # its background work is not run: no upload
         for i in range(0, len(lines), 200):
             for req in sink.encode(lines[i : i + 200]):
                 sink.staging.append(req.payload, first_time=req.meta["first_time"], partition=req.meta["partition"], values=req.meta["values"])
@@ -244,10 +291,11 @@ async def test_staged_objects_left_by_a_crash_are_uploaded_at_start_once(s3_serv
     backup = tmp_path / "backup"
     shutil.copytree(first.staging.dir, backup)
 
-    after_crash = make_sink(s3_server, bucket, tmp_path)  # built in a running loop: uploads at once, no event needed
+    after_crash = make_sink(s3_server, bucket, tmp_path)
     assert after_crash.staging.recovered_objects == 2 and after_crash.staging.cut_bytes > 0
-    await until(lambda: after_crash.staged_objects == 0, timeout_s=20, what="recovered objects uploaded")
-    await after_crash.aclose()
+    async with working(after_crash):  # uploads at once, no event needed
+        await until(lambda: after_crash.staged_objects == 0, timeout_s=20, what="recovered objects uploaded")
+        await after_crash.aclose()
     uploaded = await read_objects(s3_server.endpoint, bucket)
     assert sorted(ids(uploaded)) == sorted(audit_id(x) for x in lines)
 
@@ -256,7 +304,8 @@ async def test_staged_objects_left_by_a_crash_are_uploaded_at_start_once(s3_serv
     shutil.copytree(backup, after_crash.staging.dir)
     with FaultProxy(s3_server.port) as proxy:
         again = make_sink(s3_server, bucket, tmp_path, endpoint=proxy.endpoint)
-        await again.aclose()
+        async with working(again):
+            await again.aclose()
     assert proxy.ops.count("HeadObject") == 2 and "PutObject" not in proxy.ops and again.staged_objects == 0
 
     # the key is taken by another object (state of another agent, hand-made object): never overwritten
@@ -266,26 +315,29 @@ async def test_staged_objects_left_by_a_crash_are_uploaded_at_start_once(s3_serv
     async with s3_client(s3_server.endpoint) as c:
         await c.put_object(Bucket=bucket, Key=taken, Body=b"someone else's object")
     third = make_sink(s3_server, bucket, tmp_path)
-    await third.aclose()
+    async with working(third):
+        await third.aclose()
     objects = await read_objects(s3_server.endpoint, bucket)
     assert objects[taken] == b"someone else's object" and len(objects) == 3
     assert sorted(ids({k: v for k, v in objects.items() if k != taken})) == sorted(audit_id(x) for x in lines)
 
 
 CHILD = """
-import asyncio, json, sys
+import asyncio, json, sys, time
 import msgspec
+from kube_audit_shipper.sinks.registry import sink_context
 from kube_audit_shipper.sinks.s3.config import S3SinkConfig
 from kube_audit_shipper.sinks.s3.sink import S3Sink
 
 async def main(args):
-    sink = S3Sink(msgspec.convert(args["config"], S3SinkConfig), node="cp-1", state_dir=args["state_dir"])
+    sink = S3Sink(msgspec.convert(args["config"], S3SinkConfig), sink_context(node="cp-1", state_dir=args["state_dir"]))
+    uploads = asyncio.get_running_loop().create_task(sink.run_background())
     lines = open(args["lines"], "rb").read().splitlines()
     for i in range(0, len(lines), 250):
         for req in await asyncio.to_thread(sink.encode, lines[i : i + 250]):
             await sink.send(req)
-    sink.shutdown_timeout_s = 600
-    await sink.aclose()
+    await sink.aclose(time.monotonic() + 600)
+    await uploads
 
 asyncio.run(main(json.loads(sys.argv[1])))
 """
@@ -321,7 +373,8 @@ async def test_restart_in_the_middle_of_a_multipart_upload(s3_server: SeaweedS3,
 
     restarted = make_sink(s3_server, bucket, tmp_path)
     assert restarted.staging.recovered_objects == 2
-    await restarted.aclose()
+    async with working(restarted):
+        await restarted.aclose()
     assert restarted.uploader.multipart_aborted == 1
     assert await incomplete_uploads(s3_server.endpoint, bucket) == []
     objects = await read_objects(s3_server.endpoint, bucket)
@@ -345,8 +398,9 @@ async def test_credentials_from_the_sdk_chain(s3_server: SeaweedS3, tmp_path: Pa
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
         extra["profile"] = "audit"
     cfg = {k: v for k, v in s3_server.sink_config(bucket, key_fields={"cluster_id": "c0123"}).items() if k not in ("access_key_id", "secret_access_key")}
-    sink = S3Sink(msgspec.convert({**cfg, **extra}, S3SinkConfig), node="cp-1", state_dir=str(tmp_path))
+    sink = S3Sink(msgspec.convert({**cfg, **extra}, S3SinkConfig), context(tmp_path))
     lines = numbered_lines(100, prefix=source)
-    await stage(sink, lines)
-    await sink.aclose()
+    async with working(sink):
+        await stage(sink, lines)
+        await sink.aclose()
     assert sorted(ids(await read_objects(s3_server.endpoint, bucket))) == sorted(audit_id(x) for x in lines)

@@ -16,6 +16,7 @@ from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
 from kube_audit_shipper.sinks.sls.index import audit_index
 from kube_audit_shipper.sinks.sls.sink import SlsSink
 from tests.support.corpus import numbered_lines
+from tests.support.sink_context import context
 from tests.support.sls_server import SlsTestServer
 
 PROJECT, LOGSTORE = "k8s-log-c0123", "audit-c0123"
@@ -90,7 +91,7 @@ def _sink(sls_server: SlsTestServer) -> SlsSink:
         },
         SlsSinkConfig,
     )
-    return SlsSink(cfg, node="n")
+    return SlsSink(cfg, context("/var/lib/kas", node="n"))
 
 
 @pytest.mark.asyncio

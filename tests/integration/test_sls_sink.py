@@ -18,12 +18,13 @@ import pytest
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
-from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.runner import SinkRunner
 from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
 from kube_audit_shipper.sinks.sls.shape import TRUNCATED_ANNOTATION, parse_time
 from kube_audit_shipper.sinks.sls.sink import SlsSink
 from tests.support.corpus import corpus_lines, numbered_lines
+from tests.support.sink_context import context
 from tests.support.sls_server import SlsTestServer
 from tests.support.wait import until
 
@@ -45,7 +46,7 @@ def make_sink(sls_server: SlsTestServer | None, **over: Any) -> SlsSink:
     }
     spec.update(over)
     spec = {k: v for k, v in spec.items() if v is not None}
-    return SlsSink(msgspec.convert(spec, SlsSinkConfig), node="cp-1", input_paths=["/var/log/kubernetes/audit/audit.log"])
+    return SlsSink(msgspec.convert(spec, SlsSinkConfig), context("/var/lib/kas", input_paths=["/var/log/kubernetes/audit/audit.log"]))
 
 
 def chunk(records: list[bytes], fid: int = 1, start: int = 0) -> Chunk:
@@ -451,6 +452,9 @@ async def test_https_verifies_the_endpoint_certificate(dl: DeadLetterStore, tmp_
         assert type(outcome).__name__ == "Blocked" and "TLS" in outcome.reason  # type: ignore[union-attr]
         pem = tmp_path / "ca.pem"
         ca.cert_pem.write_to_path(str(pem))
-        run = Run(make_sink(sls_server, ca_file=str(pem)), dl)
+        run = Run(make_sink(sls_server, tls={"ca_file": str(pem)}), dl)
         await run(numbered_lines(5))
         assert len(sls_server.logs(LOGSTORE)) == 5 and run.ledger.offset(1) == run.end
+        skipping = Run(make_sink(sls_server, tls={"insecure_skip_verify": True}), dl)  # a test endpoint only
+        await skipping(numbered_lines(3, start=5))
+        assert len(sls_server.logs(LOGSTORE)) == 8

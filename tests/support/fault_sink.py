@@ -20,7 +20,7 @@ The server records what it stored (`stored` counts by auditID, `records` the fir
 arrival order) and every request it saw (`hits`: time, ids, action, status), plus the most requests
 it ever had in progress at once (`max_inflight`).
 
-FaultSink implements kube_audit_shipper/delivery/contract.py: `send` is one POST with httpx (a timeout, one client,
+FaultSink is a kube_audit_shipper/delivery/contract.py Sink: `send` is one POST with httpx (a timeout, one client,
 closed in `aclose`), `classify` maps the answer as a real HTTP sink does: 2xx Delivered; 408, 429, 5xx
 and transport errors (refused, reset, timeout) Retry (with Retry-After); 401/403/404 and TLS failures
 Blocked; 413 Split; other 4xx Rejected (the listed records, with their reasons, or all of them).
@@ -52,6 +52,7 @@ from kube_audit_shipper.delivery.contract import (
     Reply,
     Request,
     Retry,
+    Sink,
     Split,
     split_in_half,
 )
@@ -338,7 +339,7 @@ def _is_tls_failure(exc: BaseException) -> bool:
     return False
 
 
-class FaultSink:
+class FaultSink(Sink):
     """A contract sink that POSTs NDJSON to FaultServer (or any URL) and classifies like an HTTP sink."""
 
     def __init__(self, name: str, url: str, *, timeout: float = 2.0, max_concurrency: int | None = None, max_request_records: int | None = None) -> None:
@@ -405,7 +406,7 @@ class FaultSink:
             return Blocked(f"TLS failure: {result}")
         return Retry(f"{type(result).__name__}: {result}")
 
-    async def aclose(self) -> None:
+    async def aclose(self, deadline: float | None = None) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()

@@ -20,12 +20,13 @@ from typing import Any
 from kube_audit_shipper.app import Agent
 from kube_audit_shipper.config import load
 from kube_audit_shipper.obs import logs
-from kube_audit_shipper.sinks.registry import build_sink
+from kube_audit_shipper.sinks.registry import build_sink, sink_context
 from tests.support.fault_sink import FaultSink
 
 
 def build_sinks(cfg: Any, url: str, timeout: float) -> list[Any]:
-    return [FaultSink(s.name, url, timeout=timeout) if s.name.startswith("flaky") else build_sink(s, node=cfg.node, state_dir=cfg.state_dir) for s in cfg.sinks]
+    ctx = sink_context(node=cfg.node, state_dir=cfg.state_dir, input_paths=cfg.input.paths)
+    return [FaultSink(s.name, url, timeout=timeout) if s.name.startswith("flaky") else build_sink(s, ctx) for s in cfg.sinks]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

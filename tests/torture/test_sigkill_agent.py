@@ -56,9 +56,7 @@ def _log_tail(cfg: Path) -> str:
     return (cfg.parent / "kube_audit_shipper.log").read_text(errors="replace")[-3000:]
 
 
-@pytest.mark.parametrize(
-    ("compress", "workers"), [(False, 0), (True, 0), (True, 2)], ids=["rename", "rename+gzip", "rename+gzip+workers"]
-)
+@pytest.mark.parametrize(("compress", "workers"), [(False, 0), (True, 0), (True, 2)], ids=["rename", "rename+gzip", "rename+gzip+workers"])
 def test_sigkill_during_writes_and_rotations_loses_nothing(tmp_path: Path, compress: bool, workers: int) -> None:
     rng = random.Random(20261122 + compress)
     logdir, out = tmp_path / "log", tmp_path / "out"

@@ -26,7 +26,7 @@ from typing import Annotated
 
 import msgspec
 
-from kube_audit_shipper.sinks.http.config import AuthTargetBase, base_problems, url_problems
+from kube_audit_shipper.sinks.http.config import HttpAuthConfigBase, base_problems, endpoint_problems, url_problems
 
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 #: labels the target sets from the alert itself
@@ -37,7 +37,7 @@ RESERVED_ANNOTATIONS = ("summary", "description")
 URL_PLACEHOLDERS = ("rule", "id", "audit_id", "group", "node", "cluster")
 
 
-class AlertShapeBase(AuthTargetBase, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class AlertShapeBase(HttpAuthConfigBase, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """How an alert becomes an Alertmanager alert (labels, annotations, times): alertmanager and webhook targets."""
 
     cluster: Annotated[str | None, msgspec.Meta(description="value of the `cluster` label for alerts that carry no cluster")] = None
@@ -103,7 +103,7 @@ class AlertmanagerTargetConfig(AlertShapeBase, tag="alertmanager", kw_only=True,
 
     def __post_init__(self) -> None:
         problems = base_problems(super().__post_init__)
-        problems += self._http_problems(self.url, "url") + self._auth_problems() + self._shape_problems()
+        problems += endpoint_problems(self, self.url, "url") + self.auth_problems() + self._shape_problems()
         if "/api/v1" in self.url:
             problems.append("url: give the base URL; this target posts to /api/v2/alerts (API v1 was removed in Alertmanager 0.27)")
         if problems:

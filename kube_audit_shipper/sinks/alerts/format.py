@@ -90,10 +90,10 @@ def refuse_invalid(request: Request) -> None:
 
 
 def invalid_outcome(request: Request, result: object) -> Rejected | None:
-    """Rejected for a request `refuse_invalid` refused; None for any other."""
-    if isinstance(result, InvalidAlertError) and INVALID in request.meta:
-        return Rejected(str(result), list(request.indices))
-    return None
+    """Rejected for a request of records that are no alerts (`refuse_invalid` refuses to send it), whatever the
+    answer; None for any other request."""
+    reason = request.meta.get(INVALID)
+    return None if reason is None else Rejected(str(reason), list(request.indices))
 
 
 def decode_all(records: Sequence[bytes]) -> tuple[list[tuple[int, Alert]], dict[int, str]]:

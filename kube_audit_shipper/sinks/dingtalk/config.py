@@ -22,14 +22,15 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
+from kube_audit_shipper.delivery.config import HttpSinkConfigBase
 from kube_audit_shipper.model import Severity
-from kube_audit_shipper.sinks.http.config import HttpTargetBase, base_problems
+from kube_audit_shipper.sinks.http.config import base_problems, endpoint_problems
 
 DINGTALK_MESSAGES_PER_MINUTE = 20
 DINGTALK_MAX_MESSAGE_BYTES = 20000  # "message too long, exceed 20000 bytes"
 
 
-class DingTalkTargetConfig(HttpTargetBase, tag="dingtalk", kw_only=True, frozen=True, forbid_unknown_fields=True):
+class DingTalkTargetConfig(HttpSinkConfigBase, tag="dingtalk", kw_only=True, frozen=True, forbid_unknown_fields=True):
     url: Annotated[str, msgspec.Meta(min_length=1, description="the robot send endpoint, without query")] = "https://oapi.dingtalk.com/robot/send"
     ordered_because: ClassVar[str | None] = "its rate limit (20 messages a minute per robot) is counted one message at a time"
 
@@ -57,7 +58,7 @@ class DingTalkTargetConfig(HttpTargetBase, tag="dingtalk", kw_only=True, frozen=
 
     def __post_init__(self) -> None:
         problems = base_problems(super().__post_init__)
-        problems += self._http_problems(self.url, "url")
+        problems += endpoint_problems(self, self.url, "url")
         if self.rate_messages * 60 > DINGTALK_MESSAGES_PER_MINUTE * self.rate_window_s:
             problems.append(
                 f"rate_messages/rate_window_s: {self.rate_messages} per {self.rate_window_s:g} s is more than DingTalk's "

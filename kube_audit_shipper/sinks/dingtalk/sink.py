@@ -13,48 +13,44 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote
 
+from kube_audit_shipper.delivery.context import SinkContext
 from kube_audit_shipper.delivery.contract import Outcome, Reply, Request
 from kube_audit_shipper.sinks.alerts import format as alert_format
 from kube_audit_shipper.sinks.dingtalk import replies
 from kube_audit_shipper.sinks.dingtalk.config import DingTalkTargetConfig
 from kube_audit_shipper.sinks.dingtalk.encode import DigestEncoder
 from kube_audit_shipper.sinks.dingtalk.sign import send_url
-from kube_audit_shipper.sinks.http.client import HttpClient, without_secrets
+from kube_audit_shipper.sinks.http.client import without_secrets
+from kube_audit_shipper.sinks.http.sink import HttpSink
 from kube_audit_shipper.sinks.http.throttle import SendWindow
 
 
-class DingTalkSink:
+class DingTalkSink(HttpSink):
     max_concurrency: int | None = 1  # the rate window counts one attempt at a time
+    _encoder: DigestEncoder
 
     def __init__(
         self,
         cfg: DingTalkTargetConfig,
+        ctx: SinkContext,
         *,
-        node: str,
-        state_dir: str = "",
         clock: Callable[[], float] = time.monotonic,
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
         self.name = cfg.name
         self.cfg = cfg
-        self._encoder = DigestEncoder(cfg, node=node)
-        self._http = HttpClient(cfg)
+        self._encoder = DigestEncoder(cfg, node=ctx.node)
+        self._http = ctx.http(cfg, max_connections=4)
         self.window = SendWindow(cfg.rate_messages, cfg.rate_window_s, clock=clock)
         self._now_ms = wall_clock_ms
         self._secrets = (cfg.access_token, quote(cfg.access_token, safe=""), *((cfg.secret,) if cfg.secret else ()))
-
-    def encode(self, records: list[bytes]) -> list[Request]:
-        return self._encoder.encode(records)
-
-    def split(self, request: Request, records: list[bytes]) -> list[Request]:
-        return self._encoder.split(request, records)
 
     async def send(self, request: Request) -> Reply:
         alert_format.refuse_invalid(request)
         self.window.start()
         try:
             url = send_url(self.cfg.url, self.cfg.access_token, self.cfg.secret, self._now_ms())
-            reply = await self._http.post(url, request.payload, request.headers)
+            reply = await self._http.request("POST", url, content=request.payload, headers=request.headers)
         finally:
             self.window.finish()
         answer = replies.errcode(reply.body) if reply.status == 200 else None
@@ -64,6 +60,3 @@ class DingTalkSink:
 
     def classify(self, request: Request, result: Reply | BaseException) -> Outcome:
         return without_secrets(replies.classify(request, result, throttle_pause_s=self.cfg.throttle_pause_s), self._secrets)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

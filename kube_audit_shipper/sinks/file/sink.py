@@ -3,12 +3,13 @@
 Each batch is one zstd frame (with content checksum) appended to `.<name>.tmp` and fsynced before
 the batch is acknowledged; concatenated frames are one valid zstd stream, so a finished file
 decompresses with the standard `zstd -d`. A file is finished by renaming it to `<name>` (names sort by
-time: `<prefix>-<UTC yyyymmddThhmmss.ffffff>Z-<seq>.ndjson.zst`) and fsyncing the directory.
+time: `<prefix>-<UTC yyyymmddThhmmss.ffffff>Z-<seq>.ndjson.zst`) and fsyncing the directory, when it
+reaches rotate_bytes, when it is rotate_age_s old (`tick`), or at stop.
 
 After a crash, a temp file holds every acknowledged batch followed, perhaps, by a torn frame (or, with
-`compression: none`, a torn line). On start the valid prefix is kept (each frame must decompress, pass
-its checksum and end in a newline), the rest cut, and the file finished. Nothing before the cut is
-thrown away: the checkpoint may already be past it.
+`compression: none`, a torn line). On start the valid prefix is kept (durable.valid_prefix: each frame must
+decompress, pass its checksum and end in a newline), the rest cut, and the file finished. Nothing before the
+cut is thrown away: the checkpoint may already be past it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import mmap
 import os
 import threading
 import time
@@ -25,42 +25,18 @@ from pathlib import Path
 
 import zstandard
 
-from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Reply, Request, Retry
-from kube_audit_shipper.durable import fsync_dir
+from kube_audit_shipper.delivery.context import SinkContext
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Reply, Request, Retry, Sink
+from kube_audit_shipper.durable import append_all, cut_back, fsync_dir, valid_prefix
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
 
 log = logging.getLogger(__name__)
 
 
-def valid_prefix(path: Path, compressed: bool) -> int:
-    """Length of the longest prefix of `path` made of whole frames (zstd) or whole lines (none)."""
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        if not compressed:
-            return mm.rfind(b"\n") + 1
-        view = memoryview(mm)
-        try:
-            pos = 0
-            while pos < size:
-                dec = zstandard.ZstdDecompressor().decompressobj()
-                try:
-                    out = dec.decompress(view[pos:])
-                except zstandard.ZstdError:
-                    break
-                if not dec.eof or not out.endswith(b"\n"):
-                    break
-                pos = size - len(dec.unused_data)
-            return pos
-        finally:
-            view.release()
-
-
-class FileSink:
+class FileSink(Sink):
     max_concurrency = 1  # one file, appended in batch order
 
-    def __init__(self, cfg: FileSinkConfig, *, node: str = "", state_dir: str = "") -> None:
+    def __init__(self, cfg: FileSinkConfig, ctx: SinkContext) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.dir = Path(cfg.path)
@@ -82,12 +58,10 @@ class FileSink:
     # -- crash recovery --------------------------------------------------------------------------
     def _recover(self) -> None:
         for tmp in sorted(self.dir.glob(f".{self.cfg.file_prefix}-*{self.suffix}.tmp")):
-            keep = valid_prefix(tmp, self.compressed)
+            keep = valid_prefix(tmp, "zstd" if self.compressed else "none")
             size = tmp.stat().st_size
             if keep < size:
-                with tmp.open("r+b") as fh:
-                    fh.truncate(keep)
-                    os.fsync(fh.fileno())
+                cut_back(tmp, keep)
                 self.cut_bytes += size - keep
                 log.warning(
                     "cut a torn tail from an unfinished output file", extra={"sink": self.name, "file": str(tmp), "kept_bytes": keep, "cut_bytes": size - keep}
@@ -156,25 +130,22 @@ class FileSink:
             if self._fd is None:
                 self._open()
             assert self._fd is not None
-            start = self._size
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(self._fd, view) :]
-                os.fsync(self._fd)
-            except OSError:
-                # e.g. ENOSPC: take the partial frame back out so the retry appends to a clean end
-                os.ftruncate(self._fd, start)
-                raise
-            self._size = start + len(payload)
+            append_all(self._fd, payload, sync=True)  # e.g. ENOSPC: the partial frame is taken back out, the retry appends to a clean end
+            self._size += len(payload)
 
-    def finish_if_old(self) -> None:
-        """Finish the current file once it is older than rotate_age_s (called on a timer)."""
+    def finish_if_old(self, now: float) -> None:
+        """Finish the current file once it is older than rotate_age_s (`now`: time.monotonic())."""
         with self._lock:
-            if self._fd is not None and time.monotonic() - self._opened >= self.cfg.rotate_age_s:
+            if self._fd is not None and now - self._opened >= self.cfg.rotate_age_s:
                 self._finish()
 
-    async def aclose(self) -> None:
+    async def tick(self, now: float) -> None:
+        try:
+            await asyncio.to_thread(self.finish_if_old, now)
+        except OSError as exc:  # the file stays open; the next tick or append finishes it
+            log.warning("cannot finish an output file yet", extra={"sink": self.name, "file": str(self._tmp), "error": str(exc)})
+
+    async def aclose(self, deadline: float | None = None) -> None:
         def _close() -> None:
             with self._lock:
                 self._finish()

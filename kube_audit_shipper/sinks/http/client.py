@@ -1,9 +1,13 @@
-"""The HTTP side every HTTP alert target shares: one client, authentication headers, and what a transport error means.
+"""The HTTP client every HTTP sink and alert target makes through its SinkContext, and what a transport error means.
 
-`HttpClient.post` is one attempt (the engine retries): an httpx client made at the first send (its TLS context
-loaded off the event loop), per-phase timeouts plus an overall bound of `timeout_s`, no environment proxies,
-no redirects (a redirect is an answer to classify, not something to follow with credentials attached).
-A `bearer_token_file` is read again whenever it changes on disk (projected service account tokens rotate).
+`HttpClients` is the factory the agent puts in every SinkContext (delivery/context.py): it reads the keys every
+HTTP sink shares (`timeout_s`, `tls`, `proxy_url`: delivery/config.py HttpSinkConfigBase) and, for a sink
+that has them (sinks/http/config.py HttpAuthConfigBase), basic auth, a bearer token or token file, and extra
+headers. `HttpClient.request` is one attempt (the engine retries): an httpx client made at the first request
+in the running event loop (its TLS context loaded off the loop), per-phase timeouts plus an overall bound of
+`timeout_s`, no environment proxies, no redirects (a redirect is an answer to classify, not something to
+follow with credentials attached). A `bearer_token_file` is read again whenever it changes on disk
+(projected service account tokens rotate).
 
 Reasons never carry a URL: a Slack webhook URL and a DingTalk query hold the credentials.
 """
@@ -15,18 +19,20 @@ import base64
 import dataclasses
 import os
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
 
 from kube_audit_shipper import __version__
 from kube_audit_shipper.delivery.answers import caused_by
-from kube_audit_shipper.delivery.contract import Blocked, Outcome, Reply, Retry
-from kube_audit_shipper.sinks.http.config import AuthTargetBase, HttpTargetBase, TlsConfig
+from kube_audit_shipper.delivery.config import HttpSinkConfigBase, TlsConfig
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Reply, Retry
+from kube_audit_shipper.sinks.http.config import HttpAuthConfigBase
 
 MAX_REASON = 600
 USER_AGENT = f"kube-audit-shipper/{__version__}"
+CONNECT_TIMEOUT_MAX_S = 10.0
 
 
 class CredentialsError(Exception):
@@ -37,15 +43,24 @@ class TlsSetupError(Exception):
     """The CA file or client certificate cannot be loaded (send raises it; classify: Blocked)."""
 
 
+class HttpClients:
+    """The HTTP client factory of a SinkContext (delivery/context.py HttpClientFactory)."""
+
+    def __call__(self, cfg: HttpSinkConfigBase, *, max_connections: int = 2) -> HttpClient:
+        return HttpClient(cfg, max_connections=max_connections)
+
+
 class HttpClient:
-    def __init__(self, cfg: HttpTargetBase) -> None:
+    def __init__(self, cfg: HttpSinkConfigBase, *, max_connections: int = 2) -> None:
         self.timeout_s = cfg.timeout_s
         self._tls: TlsConfig | None = cfg.tls
         self._proxy = cfg.proxy_url
+        self._max_connections = max_connections
         self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._headers = {"User-Agent": USER_AGENT}
         self._token: TokenFile | None = None
-        if isinstance(cfg, AuthTargetBase):
+        if isinstance(cfg, HttpAuthConfigBase):
             self._headers.update(cfg.headers)
             if cfg.basic_auth is not None:
                 pair = f"{cfg.basic_auth.username}:{cfg.basic_auth.password}".encode()
@@ -55,46 +70,63 @@ class HttpClient:
             elif cfg.bearer_token_file is not None:
                 self._token = TokenFile(cfg.bearer_token_file)
 
-    async def post(self, url: str, content: bytes, headers: dict[str, str]) -> Reply:
-        client = self._client if self._client is not None else await self._open()
-        sent = {**self._headers, **headers}
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Reply:
+        """One request; transport errors (and CredentialsError, TlsSetupError) propagate."""
+        client = await self._open()
+        sent = {**self._headers, **(headers or {})}
         if self._token is not None:
             sent["Authorization"] = f"Bearer {self._token.read()}"
-        response = await asyncio.wait_for(client.post(url, content=content, headers=sent), self.timeout_s)
+        call = client.request(method, url, content=content or None, headers=sent, params=dict(params) if params else None)
+        response = await asyncio.wait_for(call, self.timeout_s)
         return Reply(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            if self._loop is asyncio.get_running_loop():
+                await client.aclose()
 
     async def _open(self) -> httpx.AsyncClient:
+        """The httpx client of the running loop (a client made in a loop that has ended cannot be used)."""
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is loop:
+            return self._client
         verify: Any = True
         if self._tls is not None:
-            verify = await asyncio.to_thread(self._ssl_context, self._tls)
-        if self._client is None:
+            verify = await asyncio.to_thread(ssl_context, self._tls)
+        if self._client is None or self._loop is not loop:
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
+                timeout=httpx.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_MAX_S, self.timeout_s)),
                 verify=verify,
                 trust_env=False,
                 proxy=self._proxy,
                 follow_redirects=False,
-                limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+                limits=httpx.Limits(max_connections=self._max_connections, max_keepalive_connections=self._max_connections),
             )
+            self._loop = loop
         return self._client
 
-    @staticmethod
-    def _ssl_context(tls: TlsConfig) -> ssl.SSLContext:
-        try:
-            ctx = ssl.create_default_context(cafile=tls.ca_file)
-            if tls.insecure_skip_verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            if tls.cert_file is not None:
-                ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsSetupError(f"cannot load the TLS files (ca_file, cert_file, key_file): {exc.strerror or exc}") from exc
-        return ctx
+
+def ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    """The TLS context of a `tls` block (blocking: reads the files). Raises TlsSetupError."""
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.insecure_skip_verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if tls.cert_file is not None:
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupError(f"cannot load the TLS files (ca_file, cert_file, key_file): {exc.strerror or exc}") from exc
+    return ctx
 
 
 class TokenFile:
@@ -120,13 +152,22 @@ class TokenFile:
         return self._token
 
 
+def tls_failure(exc: BaseException) -> BaseException | None:
+    """The TLS problem behind a transport error (a certificate, a handshake), or None: a TLS setup error, or an
+    SSLError in its cause chain other than a connection closed mid-stream."""
+    if isinstance(exc, TlsSetupError):
+        return exc
+    tls = caused_by(exc, ssl.SSLError)
+    return tls if tls is not None and not isinstance(tls, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) else None
+
+
 def transport_outcome(exc: BaseException) -> Outcome:
     """What an exception from `send` means: credentials and TLS setup block; the network retries."""
     if isinstance(exc, CredentialsError):
         return Blocked(f"credentials: {exc}")
-    tls = caused_by(exc, ssl.SSLError)
-    if isinstance(exc, TlsSetupError) or (tls is not None and not isinstance(tls, (ssl.SSLEOFError, ssl.SSLZeroReturnError))):
-        return Blocked(f"tls_error: {short(str(tls or exc))}")
+    tls = tls_failure(exc)
+    if tls is not None:
+        return Blocked(f"tls_error: {short(str(tls))}")
     if isinstance(exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)):
         return Retry(f"timeout: {type(exc).__name__}")
     if isinstance(exc, httpx.ConnectError):
@@ -138,10 +179,9 @@ def transport_outcome(exc: BaseException) -> Outcome:
 
 def without_secrets(outcome: Outcome, secrets: Sequence[str]) -> Outcome:
     """The outcome with any of `secrets` in its reason masked (a transport error's text could quote a URL)."""
-    reason = getattr(outcome, "reason", None)
-    if not reason:
+    if isinstance(outcome, Delivered) or not outcome.reason:
         return outcome
-    clean = reason
+    reason = clean = outcome.reason
     for secret in secrets:
         if len(secret) >= 4:
             clean = clean.replace(secret, "***")

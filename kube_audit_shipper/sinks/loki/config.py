@@ -20,8 +20,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from kube_audit_shipper.delivery.config import SinkConfigBase
-from kube_audit_shipper.sinks.http.config import BasicAuth, TlsConfig
+from kube_audit_shipper.sinks.http.config import HttpAuthConfigBase
 from kube_audit_shipper.sinks.loki.fields import FIELDS, LABEL_NAME, cardinality_problem
 
 #: Loki's limits a request must stay under whatever the config says (stock values).
@@ -32,7 +31,7 @@ MAX_LABEL_VALUE_BYTES = 2048
 RESERVED_HEADERS = frozenset({"content-type", "content-encoding", "content-length", "host", "x-scope-orgid", "transfer-encoding"})
 
 
-class LokiSinkConfig(SinkConfigBase, tag="loki", kw_only=True, frozen=True, forbid_unknown_fields=True):
+class LokiSinkConfig(HttpAuthConfigBase, tag="loki", kw_only=True, frozen=True, forbid_unknown_fields=True):
     ordered_because: ClassVar[str | None] = "Loki refuses entries older than the last one of their stream: pushes must arrive in order"
 
     url: Annotated[
@@ -70,22 +69,12 @@ class LokiSinkConfig(SinkConfigBase, tag="loki", kw_only=True, frozen=True, forb
     ] = 256 << 10
     max_label_names: Annotated[int, msgspec.Meta(ge=1, le=1000, description="Loki's max_label_names_per_series (service_name not counted)")] = 15
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600, description="whole-request timeout of one push")] = 30.0
-    basic_auth: Annotated[BasicAuth | None, msgspec.Meta(description="HTTP basic auth (a gateway in front of Loki)")] = None
-    bearer_token: Annotated[str | None, msgspec.Meta(description="Authorization: Bearer token; use ${VAR} or ${file:...}")] = None
-    bearer_token_file: Annotated[str | None, msgspec.Meta(description="file holding the bearer token, read again whenever it changes (rotated tokens)")] = None
-    headers: Annotated[dict[str, str], msgspec.Meta(description="extra HTTP headers sent with every push")] = msgspec.field(default_factory=dict)
-    tls: Annotated[
-        TlsConfig | None,
-        msgspec.Meta(description="https only: CA, client certificate; the server certificate is always checked unless insecure_skip_verify"),
-    ] = None
-    proxy_url: Annotated[str | None, msgspec.Meta(description="HTTP(S) proxy; environment proxy variables are not used")] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        problems = _url_problems(self.url, self.tls is not None) + self._label_problems() + self._auth_problems()
+        problems = _url_problems(self.url, self.tls is not None) + self._label_problems()
+        problems += self.auth_problems(RESERVED_HEADERS, "set by the sink (use tenant_id for X-Scope-OrgID)") + self.http_problems()
         problems += _known("structured_metadata", self.structured_metadata)
-        if self.tls is not None and (self.tls.cert_file is None) != (self.tls.key_file is None):
-            problems.append("tls: cert_file and key_file go together")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -117,21 +106,6 @@ class LokiSinkConfig(SinkConfigBase, tag="loki", kw_only=True, frozen=True, forb
             problems.append(
                 f"{len(set(names))} labels (labels, node_label, label_fields) are more than Loki's limit of {self.max_label_names} (max_label_names)"
             )
-        return problems
-
-    def _auth_problems(self) -> list[str]:
-        problems = []
-        chosen = [k for k in ("basic_auth", "bearer_token", "bearer_token_file") if getattr(self, k) is not None]
-        if len(chosen) > 1:
-            problems.append(f"{' and '.join(chosen)}: choose one way to authenticate")
-        for header in self.headers:
-            lower = header.lower()
-            if lower in RESERVED_HEADERS:
-                problems.append(f"headers.{header}: set by the sink (use tenant_id for X-Scope-OrgID)")
-            elif lower == "authorization" and chosen:
-                problems.append(f"headers.{header}: conflicts with {chosen[0]}")
-        if self.bearer_token is not None and not self.bearer_token.strip():
-            problems.append("bearer_token is empty")
         return problems
 
 

@@ -25,17 +25,15 @@ the request's entries of that stream; what cannot be matched rejects the whole r
 
 from __future__ import annotations
 
-import asyncio
 import re
-import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
-from kube_audit_shipper.delivery.answers import caused_by, retry_after
+from kube_audit_shipper.delivery.answers import retry_after
 from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Rejected, Reply, Request, Retry, Split
+from kube_audit_shipper.sinks.http.client import short as _short
+from kube_audit_shipper.sinks.http.client import transport_outcome
 from kube_audit_shipper.sinks.loki.event import parse_ns
 
 _STREAM = r"'(?P<stream>\{+.*?\}+)'"
@@ -69,20 +67,11 @@ _LABEL_PAIR = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*(?:
 _GO_ESCAPE = re.compile(r'\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{3}|[abfnrtv\\"\'])')
 _SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\", '"': '"', "'": "'"}
 _UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
-MAX_REASON = 600
-
-
-class CredentialsError(Exception):
-    """The bearer token file cannot be read (send raises it; classify: Blocked)."""
-
-
-class TlsSetupError(Exception):
-    """The CA file or client certificate cannot be loaded (send raises it; classify: Blocked)."""
 
 
 def classify(request: Request, result: Reply | BaseException) -> Outcome:
     if isinstance(result, BaseException):
-        return _exception(result)
+        return transport_outcome(result)
     status = result.status
     text = result.body.decode("utf-8", "replace").strip()
     short = _short(text)
@@ -109,21 +98,6 @@ def classify(request: Request, result: Reply | BaseException) -> Outcome:
 def reason_code(reason: str) -> str:
     """The machine code a reason starts with (`too_old: ...` -> `too_old`)."""
     return reason.split(":", 1)[0]
-
-
-def _exception(exc: BaseException) -> Outcome:
-    if isinstance(exc, CredentialsError):
-        return Blocked(f"credentials: {exc}")
-    tls = caused_by(exc, ssl.SSLError)
-    if isinstance(exc, TlsSetupError) or (tls is not None and not isinstance(tls, (ssl.SSLEOFError, ssl.SSLZeroReturnError))):
-        return Blocked(f"tls_error: {_short(str(tls or exc))}")
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)):
-        return Retry(f"timeout: {type(exc).__name__}")
-    if isinstance(exc, httpx.ConnectError):
-        return Retry(f"connect_error: {_short(str(exc))}")
-    if isinstance(exc, httpx.TransportError):
-        return Retry(f"transport_error: {type(exc).__name__}: {_short(str(exc))}")
-    return Retry(f"error: {type(exc).__name__}: {_short(str(exc))}")
 
 
 def _rate_limited(request: Request, text: str, after: float | None) -> Outcome:
@@ -298,8 +272,3 @@ def _go_time_ns(text: str) -> int | None:
 def _datasize(text: str) -> int | None:
     m = re.fullmatch(r"([0-9.]+)([KMGTP]?B)", text)
     return int(float(m[1]) * _UNITS[m[2]]) if m else None
-
-
-def _short(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= MAX_REASON else text[: MAX_REASON - 3] + "..."

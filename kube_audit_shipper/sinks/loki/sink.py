@@ -13,130 +13,42 @@ but not older than that (`entry too far behind`), and queries of equal timestamp
 Answers (replies.py): Delivered, Retry (429, 5xx, transport), Split (request too large), Rejected (400 per
 entry: Loki stored the rest of the request), Blocked (401/403/404, TLS, credentials, a body Loki cannot read).
 
-`send` is one POST with httpx: a client made at the first send (its TLS context loaded off the event loop),
-per-phase timeouts plus an overall bound of `timeout_s`; a `bearer_token_file` is read again whenever it
-changes on disk (projected service account tokens are rotated).
+`send` is one POST with the HTTP client of the sink's context (sinks/http/client.py: timeout, TLS, proxy,
+basic auth, bearer token or token file, extra headers), plus X-Scope-OrgID for `tenant_id`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import os
-import ssl
-from typing import Any
-
-import httpx
-
-from kube_audit_shipper import __version__
+from kube_audit_shipper.delivery.context import SinkContext
 from kube_audit_shipper.delivery.contract import Outcome, Reply, Request
+from kube_audit_shipper.sinks.http.sink import HttpSink
 from kube_audit_shipper.sinks.loki import replies
 from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
 from kube_audit_shipper.sinks.loki.encode import PushEncoder
-from kube_audit_shipper.sinks.loki.replies import CredentialsError, TlsSetupError
 
 PUSH_PATH = "/loki/api/v1/push"
 
 
-class LokiSink:
+class LokiSink(HttpSink):
     max_concurrency: int | None = 1  # a stream's entries must reach Loki in order (see the module docstring)
+    _encoder: PushEncoder
 
-    def __init__(self, cfg: LokiSinkConfig, *, node: str, state_dir: str = "") -> None:
+    def __init__(self, cfg: LokiSinkConfig, ctx: SinkContext) -> None:
         self.name = cfg.name
         self.cfg = cfg
-        self._encoder = PushEncoder(cfg, node=node)
+        self._encoder = PushEncoder(cfg, node=ctx.node)
         base = cfg.url.rstrip("/")
         self.push_url = base if base.endswith(PUSH_PATH) else base + PUSH_PATH
-        headers = {"User-Agent": f"kube-audit-shipper/{__version__}", **cfg.headers}
-        if cfg.tenant_id:
-            headers["X-Scope-OrgID"] = cfg.tenant_id
-        if cfg.basic_auth is not None:
-            pair = f"{cfg.basic_auth.username}:{cfg.basic_auth.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        elif cfg.bearer_token is not None:
-            headers["Authorization"] = f"Bearer {cfg.bearer_token.strip()}"
-        self._headers = headers
-        self._token = _TokenFile(cfg.bearer_token_file) if cfg.bearer_token_file else None
-        self._client: httpx.AsyncClient | None = None
+        self._tenant = {"X-Scope-OrgID": cfg.tenant_id} if cfg.tenant_id else {}
+        self._http = ctx.http(cfg, max_connections=2)
 
     @property
     def trimmed_events(self) -> int:
         """Events cut to Metadata level because they were over max_line_bytes."""
         return self._encoder.trimmed_events
 
-    # -- contract ------------------------------------------------------------------------------------
-    def encode(self, records: list[bytes]) -> list[Request]:
-        return self._encoder.encode(records)
-
-    def split(self, request: Request, records: list[bytes]) -> list[Request]:
-        return self._encoder.split(request, records)
-
     async def send(self, request: Request) -> Reply:
-        client = self._client if self._client is not None else await self._open()
-        headers = {**self._headers, **request.headers}
-        if self._token is not None:
-            headers["Authorization"] = f"Bearer {self._token.read()}"
-        response = await asyncio.wait_for(client.post(self.push_url, content=request.payload, headers=headers), self.cfg.timeout_s)
-        return Reply(response.status_code, response.headers, response.content)
+        return await self._http.request("POST", self.push_url, content=request.payload, headers={**self._tenant, **request.headers})
 
     def classify(self, request: Request, result: Reply | BaseException) -> Outcome:
         return replies.classify(request, result)
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
-
-    # -- the HTTP client -----------------------------------------------------------------------------
-    async def _open(self) -> httpx.AsyncClient:
-        verify: Any = True
-        if self.cfg.tls is not None:
-            verify = await asyncio.to_thread(self._ssl_context)
-        if self._client is None:
-            timeout = httpx.Timeout(self.cfg.timeout_s, connect=min(10.0, self.cfg.timeout_s))
-            self._client = httpx.AsyncClient(
-                timeout=timeout,
-                verify=verify,
-                trust_env=False,
-                proxy=self.cfg.proxy_url,
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=2, max_keepalive_connections=1),
-            )
-        return self._client
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        tls = self.cfg.tls
-        assert tls is not None
-        try:
-            ctx = ssl.create_default_context(cafile=tls.ca_file)
-            if tls.insecure_skip_verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            if tls.cert_file is not None:
-                ctx.load_cert_chain(tls.cert_file, tls.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise TlsSetupError(f"cannot load the TLS files (ca_file, cert_file, key_file): {exc.strerror or exc}") from exc
-        return ctx
-
-
-class _TokenFile:
-    """A bearer token file, read again when its inode, size or mtime changes."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._sig: tuple[int, int, int] | None = None
-        self._token = ""
-
-    def read(self) -> str:
-        try:
-            st = os.stat(self.path)
-            sig = (st.st_ino, st.st_size, st.st_mtime_ns)
-            if sig != self._sig:
-                with open(self.path, encoding="utf-8") as fh:
-                    token = fh.read().strip()
-                if not token:
-                    raise CredentialsError(f"bearer_token_file {self.path} is empty")
-                self._token, self._sig = token, sig
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CredentialsError(f"cannot read bearer_token_file {self.path}: {getattr(exc, 'strerror', None) or exc}") from exc
-        return self._token

@@ -1,18 +1,17 @@
-"""What an S3 error means for an upload: retry it, wait for an operator, or start the multipart upload again.
+"""What an S3 error means for an upload call, in the delivery engine's outcomes (delivery/contract.py).
 
-retry     throttling (SlowDown, 503, 429), 5xx, timeouts, dropped connections, BadDigest (the body was
+Retry     throttling (SlowDown, 503, 429), 5xx, timeouts, dropped connections, BadDigest (the body was
           damaged on the way: sent again from the staged file), RequestTimeout, IncompleteBody
-blocked   cannot work until someone acts: AccessDenied, NoSuchBucket, InvalidAccessKeyId,
+Blocked   cannot work until someone acts: AccessDenied, NoSuchBucket, InvalidAccessKeyId,
           SignatureDoesNotMatch, missing or unusable credentials, TLS failures, and any other 4xx
           (a bad storage class, SSE setting or tag is a config error): retried every retry.max_ms
-restart   NoSuchUpload: the multipart upload is gone (aborted elsewhere, expired by a lifecycle rule):
-          create a new one and send every part again
+gone      NoSuchUpload (`upload_gone`): the multipart upload is gone (aborted elsewhere, expired by a
+          lifecycle rule): create a new one and send every part again
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
 
 import aiohttp
 from botocore.exceptions import (
@@ -32,7 +31,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-Kind = Literal["retry", "blocked", "restart"]
+from kube_audit_shipper.delivery.contract import Blocked, Failure, Retry
 
 BLOCKING_CODES = {
     "AccessDenied": "access denied: the credentials may not write to this bucket (check the IAM policy, bucket policy and KMS key policy)",
@@ -75,29 +74,39 @@ def error_code(exc: ClientError) -> tuple[str, int]:
     return str(err.get("Code") or status or "Unknown"), status
 
 
-def classify_error(exc: BaseException) -> tuple[Kind, str] | None:
-    """(kind, reason) for an S3 or transport error; None for anything else (a bug: not retried blindly)."""
+def upload_gone(exc: BaseException) -> str | None:
+    """What the store said when a multipart upload is gone (NoSuchUpload), else None."""
+    if isinstance(exc, ClientError) and error_code(exc)[0] == "NoSuchUpload":
+        return _detail(exc)
+    return None
+
+
+def _detail(exc: ClientError) -> str:
+    code, status = error_code(exc)
+    message = str((exc.response.get("Error", {}) or {}).get("Message") or "").strip()
+    return f"{code} (HTTP {status})" + (f": {message}" if message else "")
+
+
+def classify_error(exc: BaseException) -> Failure | None:
+    """What an S3 or transport error means for a call; None for anything else (a bug: not retried blindly)."""
     if isinstance(exc, ClientError):
         code, status = error_code(exc)
-        message = str((exc.response.get("Error", {}) or {}).get("Message") or "").strip()
-        detail = f"{code} (HTTP {status})" + (f": {message}" if message else "")
-        if code == "NoSuchUpload":
-            return "restart", detail
+        detail = _detail(exc)
         if code in BLOCKING_CODES:
-            return "blocked", f"{detail} — {BLOCKING_CODES[code]}"
+            return Blocked(f"{detail} — {BLOCKING_CODES[code]}")
         if code in RETRY_CODES or status >= 500 or status in (408, 429):
-            return "retry", detail
+            return Retry(detail)
         if code.startswith("KMS."):
-            return "blocked", f"{detail} — the KMS key cannot be used (check sse_kms_key_id and the key policy)"
-        return "blocked", detail
+            return Blocked(f"{detail} — the KMS key cannot be used (check sse_kms_key_id and the key policy)")
+        return Blocked(detail)
     if isinstance(exc, SSLError):
-        return "blocked", f"TLS error talking to the store: {exc}"
+        return Blocked(f"TLS error talking to the store: {exc}")
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError, ProfileNotFound, CredentialRetrievalError)):
-        return "blocked", f"no usable credentials: {exc} (set access_key_id/secret_access_key, AWS_* variables, a profile, IRSA or an instance role)"
+        return Blocked(f"no usable credentials: {exc} (set access_key_id/secret_access_key, AWS_* variables, a profile, IRSA or an instance role)")
     if isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionClosedError, ResponseStreamingError, IncompleteReadError)):
-        return "retry", f"{type(exc).__name__}: {exc}"
+        return Retry(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, TimeoutError)):
-        return "retry", f"{type(exc).__name__}: {exc}"
+        return Retry(f"{type(exc).__name__}: {exc}")
     if isinstance(exc, BotoCoreError):
-        return "blocked", f"{type(exc).__name__}: {exc}"
+        return Blocked(f"{type(exc).__name__}: {exc}")
     return None

@@ -2,20 +2,23 @@
 
 The engine's `send` only stages: it appends the batch's compressed frame to the object being filled under
 `<state_dir>/s3/<sink>/` and fsyncs it, so a batch is acknowledged once it is on local disk (staging.py).
-Objects are uploaded by the sink's own task, oldest first, and their staged files removed only after the
-upload succeeded (upload.py). A full staging area makes `send` fail with `staging_full`, which the engine
-retries with backoff: the reader then waits on the memory budget, and nothing is lost.
+Objects are uploaded by the sink's background work (`run_background`, which its runner runs and watches),
+oldest first, and their staged files removed only after the upload succeeded (upload.py: each S3 call retried
+with the delivery engine's backoff and blocked state). A full staging area makes `send` fail with
+`staging_full`, which the engine retries with backoff: the reader then waits on the memory budget, and nothing
+is lost.
 
     engine ─send─▶ staging (fsync, ack) ─seal: size / age / partition / stop─▶ uploader ─▶ PutObject | multipart
                                                                                   └─ then remove the staged files
 
 Start: staged objects left by a crash are sealed (torn tail cut) and uploaded first; incomplete multipart
 uploads this node left under the key prefix are aborted (the staged file, still there, is uploaded again).
-Stop (`aclose`): the object being filled is sealed and every staged object uploaded, within
-`shutdown_timeout_s`; whatever is left stays staged and is uploaded at the next start.
+Stop (`aclose(deadline)`): the object being filled is sealed and every staged object uploaded, by the
+deadline; whatever is left stays staged and is uploaded at the next start. The uploader ends only once it
+has seen that last seal, so nothing sealed at stop is left behind for want of a look.
 
-Attributes for metrics and /readyz: `upload_state` (ok | retrying | blocked), `upload_error`,
-`staged_bytes`, `staged_objects`, and the counters of `uploader` (objects_uploaded, bytes_uploaded, …).
+Metrics and /readyz: `blocked_for_s`, `metric_families` (upload state, staged bytes and objects, the
+uploader's counters).
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import zstandard
 
-from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Reply, Request, Retry
+from kube_audit_shipper.delivery.context import SinkContext
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Reply, Request, Retry, Sink
+from kube_audit_shipper.delivery.sink_state import SinkState
 from kube_audit_shipper.sinks.s3.config import S3SinkConfig
 from kube_audit_shipper.sinks.s3.keys import KeyTemplate, event_time
 from kube_audit_shipper.sinks.s3.staging import StagedObject, Staging, StagingFullError
@@ -39,20 +44,17 @@ from kube_audit_shipper.sinks.s3.upload import Uploader
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 
-
-class S3Sink:
+class S3Sink(Sink):
     max_concurrency = 1  # appends to one staged object, in batch order
 
-    def __init__(self, cfg: S3SinkConfig, *, node: str, state_dir: str) -> None:
+    def __init__(self, cfg: S3SinkConfig, ctx: SinkContext) -> None:
         self.name = cfg.name
         self.cfg = cfg
-        self.node = node
-        self.shutdown_timeout_s = DEFAULT_SHUTDOWN_TIMEOUT_S  # the agent sets it from its config
-        self.keys = KeyTemplate(cfg.key_template, node=node, fields=cfg.key_fields)
+        self.node = ctx.node
+        self.keys = KeyTemplate(cfg.key_template, node=ctx.node, fields=cfg.key_fields)
         self.staging = Staging(
-            Path(state_dir) / "s3" / cfg.name,
+            ctx.state_path("s3", cfg.name),
             codec=cfg.compression,
             keys=self.keys,
             max_bytes=cfg.staging_max_bytes,
@@ -60,21 +62,16 @@ class S3Sink:
             object_max_age_s=cfg.object_max_age_s,
         )
         self.uploader = Uploader(cfg, sink_name=cfg.name)
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self._closed = False
+        self._wake = asyncio.Event()  # a sealed object to upload, or the last seal at stop
+        self._closed = False  # aclose began: no more sends
+        self._draining = False  # every object is sealed (set after the last seal): the uploader ends once none is left
+        self._worker: asyncio.Task[Any] | None = None  # the task running run_background, while it runs
+        self._worker_done = asyncio.Event()
         self.staging_full = 0  # sends refused for want of staging space
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # built outside a loop (tests, tools): started by the first send or aclose
-        if self.staging.objects:
-            self._start()  # upload what a crash left behind now, not at the first event
 
     # -- state for metrics and /readyz -----------------------------------------------------------
     @property
-    def upload_state(self) -> str:
+    def upload_state(self) -> SinkState:
         return self.uploader.state
 
     @property
@@ -90,8 +87,8 @@ class S3Sink:
         return self.staging.objects
 
     def blocked_for_s(self) -> float:
-        """How long uploads have been blocked (0 when not): /readyz and the sink_blocked metric use it."""
-        return self.uploader.blocked_for_s()
+        """How long uploads have been blocked (0 when not): /readyz uses it."""
+        return self.uploader.health.blocked_for_s()
 
     def metric_families(self) -> Iterator[Any]:
         """Prometheus families for the agent's collector: staging and uploads."""
@@ -99,8 +96,8 @@ class S3Sink:
 
         p = "kube_audit_shipper_s3_"
         state = GaugeMetricFamily(p + "upload_state", "1 for the state of the S3 uploads (ok, retrying, blocked)", labels=["sink", "state"])
-        for name in ("ok", "retrying", "blocked"):
-            state.add_metric([self.name, name], 1 if self.upload_state == name else 0)
+        for each in SinkState:
+            state.add_metric([self.name, each.value], 1 if self.upload_state is each else 0)
         yield state
         up = self.uploader
         for kind, name, doc, value in (
@@ -163,10 +160,8 @@ class S3Sink:
 
     # -- send: one append to the staged object ---------------------------------------------------
     async def send(self, request: Request) -> Reply:
-        if self._closing:
+        if self._closed:
             raise RuntimeError(f"s3 sink {self.name} is closed")
-        if self._task is None:
-            self._start()
         meta = request.meta
         try:
             await asyncio.to_thread(self.staging.append, request.payload, first_time=meta["first_time"], partition=meta["partition"], values=meta["values"])
@@ -182,7 +177,7 @@ class S3Sink:
         if isinstance(result, Reply):
             return Delivered()
         if isinstance(result, StagingFullError):
-            uploads = self.uploader.state + (f" ({self.uploader.error})" if self.uploader.error else "")
+            uploads = f"{self.uploader.state}" + (f" ({self.uploader.error})" if self.uploader.error else "")
             return Retry(f"staging_full: {result}; uploads {uploads}")
         if isinstance(result, OSError):
             where = f"{self.staging.dir}: {result.strerror or result}"
@@ -192,83 +187,104 @@ class S3Sink:
             return Blocked(f"cannot write to the staging directory ({code}): {where}")
         return Retry(f"{type(result).__name__}: {result}")
 
-    # -- the upload task -------------------------------------------------------------------------
-    def _start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"s3-upload:{self.name}")
-
-    async def _run(self) -> None:
-        staging = self.staging
-        ours, staged = self.keys.ours(), staging.staged_keys()
+    # -- the uploader: the sink's background work ------------------------------------------------
+    async def run_background(self) -> None:
+        """Upload sealed objects oldest first (those a crash left first), sealing the one being filled when it
+        is old enough, until `aclose` has sealed the last one and none is left."""
+        self._worker = asyncio.current_task()
         try:
-            if ours is not None or staged:
-                await self.uploader.abort_incomplete(self.keys.list_prefix(), ours, staged)
-        except Exception as exc:  # noqa: BLE001 (a bug must not stop uploads; it is logged)
-            self.uploader.note_unexpected(exc)
-        while True:
-            obj = staging.next_sealed()
-            if obj is not None:
-                await self._upload(obj)
-                continue
-            if self._closing:
-                return
-            self._wake.clear()
-            if staging.next_sealed() is not None or self._closing:
-                continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), staging.seconds_to_seal())
-            except TimeoutError:
-                await asyncio.to_thread(staging.seal_if_old)
-
-    async def _upload(self, obj: StagedObject) -> None:
-        try:
-            if obj.recovered:
-                found = await self.uploader.existing(obj)
-                if found == "taken":  # another object holds the key: never overwrite it
-                    old = obj.key
-                    await asyncio.to_thread(self.staging.rekey, obj)
-                    log.warning(
-                        "a staged object's key is taken in the bucket; uploading under a new key", extra={"sink": self.name, "key": old, "new_key": obj.key}
-                    )
-                obj.recovered = False
-                if found == "stored":  # uploaded just before a crash, not yet removed
-                    log.info("staged object already in the bucket", extra={"sink": self.name, "key": obj.key})
-                    await asyncio.to_thread(self.staging.remove, obj)
+            await self._abort_left_uploads()
+            staging = self.staging
+            while True:
+                obj = staging.next_sealed()
+                if obj is not None:
+                    await self._upload(obj)
+                    continue
+                if self._draining:
                     return
-            await self.uploader.upload(obj)
-            await asyncio.to_thread(self.staging.remove, obj)
+                self._wake.clear()
+                if staging.next_sealed() is not None or self._draining:
+                    continue
+                try:
+                    await asyncio.wait_for(self._wake.wait(), staging.seconds_to_seal())
+                except asyncio.TimeoutError:
+                    await self._contained(asyncio.to_thread(staging.seal_if_old))
+        finally:
+            self._worker = None
+            self._worker_done.set()
+
+    async def _abort_left_uploads(self) -> None:
+        ours, staged = self.keys.ours(), self.staging.staged_keys()
+        if ours is not None or staged:
+            await self._contained(self.uploader.abort_incomplete(self.keys.list_prefix(), ours, staged), wait=False)
+
+    async def _contained(self, step: Awaitable[object], *, wait: bool = True) -> None:
+        """Run one step of the uploader; an error no table knows (a bug) is logged, shown as blocked and (`wait`)
+        waited out for retry.max_ms, instead of ending the uploads."""
+        try:
+            await step
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 (a bug must not stop uploads; it is logged and retried)
-            await asyncio.sleep(self.uploader.note_unexpected(exc))
+            delay = self.uploader.note_unexpected(exc)
+            if wait:
+                await asyncio.sleep(delay)
+
+    async def _upload(self, obj: StagedObject) -> None:
+        await self._contained(self._upload_once(obj))
+
+    async def _upload_once(self, obj: StagedObject) -> None:
+        if obj.recovered:
+            found = await self.uploader.existing(obj)
+            if found == "taken":  # another object holds the key: never overwrite it
+                old = obj.key
+                await asyncio.to_thread(self.staging.rekey, obj)
+                log.warning(
+                    "a staged object's key is taken in the bucket; uploading under a new key", extra={"sink": self.name, "key": old, "new_key": obj.key}
+                )
+            obj.recovered = False
+            if found == "stored":  # uploaded just before a crash, not yet removed
+                log.info("staged object already in the bucket", extra={"sink": self.name, "key": obj.key})
+                await asyncio.to_thread(self.staging.remove, obj)
+                return
+        await self.uploader.upload(obj)
+        await asyncio.to_thread(self.staging.remove, obj)
 
     # -- stop ------------------------------------------------------------------------------------
-    async def aclose(self) -> None:
-        """Seal the object being filled and upload every staged object, within shutdown_timeout_s."""
+    async def aclose(self, deadline: float | None = None) -> None:
+        """Seal the object being filled and upload every staged object by `deadline` (time.monotonic(); None:
+        no bound). What is not uploaded by then stays staged for the next start."""
         if self._closed:
             return
-        self._closed = self._closing = True
+        self._closed = True
         try:
             await asyncio.to_thread(self.staging.seal)
-            if self._task is None and self.staging.objects:
-                self._start()
+            self._draining = True  # only after the seal: the uploader cannot end before it has seen that object
             self._wake.set()
-            if self._task is not None:
-                done, _ = await asyncio.wait([self._task], timeout=self.shutdown_timeout_s)
-                if not done:
-                    self._task.cancel()
-                    await asyncio.gather(self._task, return_exceptions=True)
-                    log.error(
-                        "shutdown timeout: staged objects not uploaded yet stay on disk and are uploaded at the next start",
-                        extra={
-                            "sink": self.name,
-                            "objects": self.staging.objects,
-                            "bytes": self.staging.used_bytes,
-                            "uploads": self.uploader.state,
-                            "reason": self.uploader.error,
-                        },
-                    )
-                elif not self._task.cancelled() and self._task.exception() is not None:
-                    log.error("s3 upload task failed", extra={"sink": self.name}, exc_info=self._task.exception())
+            if self._worker is not None:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    await asyncio.wait_for(self._worker_done.wait(), left)
+                except asyncio.TimeoutError:
+                    await self._stop_worker()
+            if self.staging.objects:
+                log.error(
+                    "stopping: staged objects not uploaded yet stay on disk and are uploaded at the next start",
+                    extra={
+                        "sink": self.name,
+                        "objects": self.staging.objects,
+                        "bytes": self.staging.used_bytes,
+                        "uploads": str(self.uploader.state),
+                        "reason": self.uploader.error,
+                    },
+                )
         finally:
+            await self._stop_worker()
             await self.uploader.aclose()
             self.staging.close()
+
+    async def _stop_worker(self) -> None:
+        worker = self._worker
+        if worker is not None and not worker.done():
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)

@@ -7,9 +7,9 @@ is acknowledged; the data file's bytes are the object's bytes.
 `seq` holds the next object number, saved before an object is started, so a number (and so a key) is never
 reused. An object is *sealed* when it reaches object_max_bytes or object_max_age_s, when its time partition
 changes, or at stop; sealed objects are uploaded oldest first and their files removed only after the upload
-succeeded. At start every object found is sealed for upload; the one that was being filled is scanned and its
-torn tail (a frame cut by a crash) cut at the last whole frame: every frame before it was acknowledged and may
-be covered by a checkpoint.
+succeeded. At start every object found is sealed for upload; the one that was being filled is scanned
+(durable.valid_prefix) and its torn tail (a frame cut by a crash) cut at the last whole frame: every frame
+before it was acknowledged and may be covered by a checkpoint.
 
 Thread-safe: appends and seals run in worker threads; the upload task reads the lists from the event
 loop, under a lock never held across a write or an fsync.
@@ -23,22 +23,18 @@ import os
 import secrets
 import threading
 import time
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-import zstandard
-
-from kube_audit_shipper.durable import fsync_dir, write_atomic
+from kube_audit_shipper.durable import append_all, cut_back, fsync_dir, valid_prefix, write_atomic
 from kube_audit_shipper.sinks.s3.keys import KeyTemplate, format_seq
 
 log = logging.getLogger(__name__)
 
 META_VERSION = 1
-_SCAN_CHUNK = 1 << 20
 
 
 class StagingFullError(Exception):
@@ -59,33 +55,6 @@ class StagedObject:
     opened: float = 0.0  # time.monotonic() of the first append (recovered: of the start)
     recovered: bool = False
     sealed: bool = False  # complete: its meta records the final size
-
-
-def valid_prefix(path: Path, codec: Literal["zstd", "gzip"]) -> int:
-    """Length of the longest prefix of `path` made of whole frames/members, each decoding to lines."""
-    size = path.stat().st_size
-    pos = 0
-    with path.open("rb") as fh:
-        while pos < size:
-            dec = zstandard.ZstdDecompressor().decompressobj() if codec == "zstd" else zlib.decompressobj(wbits=31)
-            fh.seek(pos)
-            fed = 0
-            last = b""
-            try:
-                while not dec.eof:
-                    chunk = fh.read(_SCAN_CHUNK)
-                    if not chunk:
-                        break
-                    fed += len(chunk)
-                    out = dec.decompress(chunk)
-                    if out:
-                        last = out[-1:]
-            except (zstandard.ZstdError, zlib.error):
-                break
-            if not dec.eof or last != b"\n":
-                break
-            pos += fed - len(dec.unused_data)
-    return pos
 
 
 class Staging:
@@ -161,9 +130,7 @@ class Staging:
             obj.sealed = bool(meta.get("sealed")) and meta.get("size") == size
             keep = size if obj.sealed else valid_prefix(data_path, self.codec)  # only an object being filled can be torn
             if keep < size:
-                with data_path.open("r+b") as fh:
-                    fh.truncate(keep)
-                    os.fsync(fh.fileno())
+                cut_back(data_path, keep)
                 self.cut_bytes += size - keep
                 log.warning("cut a torn tail from a staged object", extra={"file": str(data_path), "kept_bytes": keep, "cut_bytes": size - keep})
             if keep == 0:
@@ -202,14 +169,7 @@ class Staging:
             try:
                 cur = self._current or self._open_io(first_time, partition, values)
                 assert self._fd is not None
-                try:
-                    view = memoryview(payload)
-                    while view:
-                        view = view[os.write(self._fd, view) :]
-                    os.fsync(self._fd)
-                except OSError:
-                    os.ftruncate(self._fd, cur.size)  # take the partial frame back out: the retry appends to a clean end
-                    raise
+                append_all(self._fd, payload, sync=True)  # a partial frame is taken back out: the retry appends to a clean end
             except BaseException:
                 with self._state:
                     self.used_bytes -= len(payload)

@@ -4,10 +4,11 @@ An object up to part_size_bytes is one PutObject; a larger one is a multipart up
 parts read one at a time from the staged file. Every PutObject and UploadPart carries an integrity checksum
 of its body (Content-MD5, or x-amz-checksum-crc32/sha256), which the store verifies. An object becomes
 visible only when PutObject or CompleteMultipartUpload succeeds, so an upload cut midway leaves no partial
-object. Each call is retried on its own (a failed part, not the whole object) with exponential backoff and
-full jitter (tenacity), forever: staged data was already acknowledged. Blocking errors (errors.py) are retried
-every retry.max_ms, with `state = "blocked"` and one error log per minute. botocore's own retries are off, so
-this is the only retry loop.
+object. Each call is retried on its own (a failed part, not the whole object), forever (staged data was already
+acknowledged), as the delivery engine retries a send: errors.py says what an error means (Retry or Blocked),
+delivery/backoff.py how long to wait (full jitter; one attempt per retry.max_ms while blocked), and
+delivery/sink_state.py keeps the upload state (one error log a minute while blocked). botocore's own retries
+are off, so this is the only retry loop.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from urllib.parse import urlencode
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
 from botocore.exceptions import ClientError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 from kube_audit_shipper import __version__
-from kube_audit_shipper.delivery.health import BLOCKED_LOG_INTERVAL_S, BlockedClock
+from kube_audit_shipper.delivery.backoff import Backoff
+from kube_audit_shipper.delivery.contract import Blocked
+from kube_audit_shipper.delivery.sink_state import SinkHealth, SinkState
 from kube_audit_shipper.sinks.s3.config import S3SinkConfig
-from kube_audit_shipper.sinks.s3.errors import classify_error, error_code
+from kube_audit_shipper.sinks.s3.errors import classify_error, error_code, upload_gone
 from kube_audit_shipper.sinks.s3.staging import StagedObject
 
 log = logging.getLogger(__name__)
@@ -74,14 +76,10 @@ class Uploader:
         self._stack = AsyncExitStack()
         self._client: Any = None
         self._client_lock = asyncio.Lock()
-        retry = cfg.retry
-        self._backoff = wait_random_exponential(multiplier=retry.initial_ms / 1000, max=retry.max_ms / 1000, exp_base=retry.multiplier)
-        self._blocked_wait_s = retry.max_ms / 1000
+        self.backoff = Backoff(cfg.retry)
         self.object_args = self._object_args(cfg)
         # state and counters, read by metrics and /readyz
-        self.state = "ok"  # ok | retrying | blocked
-        self.error: str | None = None
-        self._blocked = BlockedClock(
+        self.health = SinkHealth(
             log,
             blocked="s3 uploads blocked: they cannot succeed until this is fixed; staged data is kept and retried",
             unblocked="s3 uploads unblocked",
@@ -145,77 +143,47 @@ class Uploader:
 
     # -- state -----------------------------------------------------------------------------------
     @property
-    def blocked_since(self) -> float | None:
-        return self._blocked.since
+    def state(self) -> SinkState:
+        return self.health.state
 
-    def blocked_for_s(self) -> float:
-        return self._blocked.seconds()
-
-    def _set_state(self, state: str, reason: str | None) -> None:
-        if state == "blocked":
-            self._blocked.blocked(reason, log_every_s=BLOCKED_LOG_INTERVAL_S)
-        else:
-            self._blocked.clear()
-        self.state = state
-        self.error = reason
+    @property
+    def error(self) -> str | None:
+        return self.health.reason
 
     def note_unexpected(self, exc: BaseException) -> float:
         """An error no table knows (a bug): log it, show it as blocked, and say how long to wait."""
         log.error("unexpected error uploading a staged object; retrying", extra={"sink": self.sink_name}, exc_info=exc)
-        self._set_state("blocked", f"unexpected error: {type(exc).__name__}: {exc}")
-        return self._blocked_wait_s
+        self.health.set(SinkState.BLOCKED, f"unexpected error: {type(exc).__name__}: {exc}")
+        return self.backoff.blocked_s
 
     # -- one call, retried -----------------------------------------------------------------------
-    def _retriable(self, exc: BaseException, *, retry_blocked: bool = True) -> bool:
-        kind = classify_error(exc)
-        return kind is not None and (kind[0] == "retry" or (kind[0] == "blocked" and retry_blocked))
-
-    def _wait(self, rs: RetryCallState) -> float:
-        exc = rs.outcome.exception() if rs.outcome is not None else None
-        kind = classify_error(exc) if exc is not None else None
-        if kind is not None and kind[0] == "blocked":
-            return self._blocked_wait_s
-        return float(self._backoff(rs))
-
-    def _before_sleep(self, what: str) -> Callable[[RetryCallState], None]:
-        def hook(rs: RetryCallState) -> None:
-            exc = rs.outcome.exception() if rs.outcome is not None else None
-            kind, reason = classify_error(exc) or ("retry", repr(exc))  # type: ignore[arg-type]
+    async def _retry(self, what: str, fn: Callable[[Any], Awaitable[T]], *, retry_blocked: bool = True) -> T:
+        """`fn(client)` until it succeeds; errors it must not retry (an upload gone, an unknown error) are raised."""
+        attempt = 0
+        while True:
+            try:
+                result = await fn(await self.client())
+                break
+            except Exception as exc:
+                gone = upload_gone(exc)
+                if gone is not None:
+                    raise _RestartUpload(gone) from exc
+                outcome = classify_error(exc)
+                if outcome is None or (isinstance(outcome, Blocked) and not retry_blocked):
+                    raise
+            attempt += 1
             self.retries += 1
-            if kind == "blocked":
-                self._set_state("blocked", f"{what}: {reason}")
-            else:
-                self._set_state("retrying", f"{what}: {reason}")
-                delay = rs.next_action.sleep if rs.next_action is not None else 0.0
+            blocked = isinstance(outcome, Blocked)
+            self.health.set(SinkState.BLOCKED if blocked else SinkState.RETRYING, f"{what}: {outcome.reason}")
+            delay = self.backoff.delay_s(outcome, attempt)
+            if not blocked:
                 log.warning(
                     "s3 call failed; retrying",
-                    extra={"sink": self.sink_name, "call": what, "attempt": rs.attempt_number, "retry_in_s": round(delay, 3), "reason": reason},
+                    extra={"sink": self.sink_name, "call": what, "attempt": attempt, "retry_in_s": round(delay, 3), "reason": outcome.reason},
                 )
-
-        return hook
-
-    async def _call(self, what: str, method: str, params: dict[str, Any], *, retry_blocked: bool = True) -> Any:
-        """`client.<method>(**params)` until it succeeds; errors it must not retry (restart, unknown) are raised."""
-        return await self._retry(what, lambda c: getattr(c, method)(**params), retry_blocked=retry_blocked)
-
-    async def _retry(self, what: str, fn: Callable[[Any], Awaitable[T]], *, retry_blocked: bool = True) -> T:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: self._retriable(e, retry_blocked=retry_blocked)),
-            wait=self._wait,
-            before_sleep=self._before_sleep(what),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                try:
-                    result = await fn(await self.client())
-                except ClientError as exc:
-                    kind = classify_error(exc)
-                    if kind is not None and kind[0] == "restart":
-                        raise _RestartUpload(kind[1]) from exc
-                    raise
-        if self.state != "ok":
-            self._set_state("ok", None)
+            await asyncio.sleep(delay)
+        if self.health.state is not SinkState.OK:
+            self.health.set(SinkState.OK)
         return result
 
     # -- uploads ---------------------------------------------------------------------------------
@@ -243,7 +211,8 @@ class Uploader:
         started = time.monotonic()
         if obj.size <= self.cfg.part_size_bytes:
             body, check = await asyncio.to_thread(read_part, obj.data, 0, obj.size, self.cfg.checksum)
-            await self._call("PutObject", "put_object", {"Bucket": self.cfg.bucket, "Key": obj.key, "Body": body, **self.object_args, **check})
+            args = {"Bucket": self.cfg.bucket, "Key": obj.key, "Body": body, **self.object_args, **check}
+            await self._retry("PutObject", lambda c: c.put_object(**args))
         else:
             while True:
                 try:
@@ -262,21 +231,21 @@ class Uploader:
         create_args: dict[str, Any] = {"Bucket": cfg.bucket, "Key": obj.key, **self.object_args}
         if cfg.checksum != "md5":
             create_args["ChecksumAlgorithm"] = cfg.checksum.upper()
-        created = await self._call("CreateMultipartUpload", "create_multipart_upload", create_args)
+        created = await self._retry("CreateMultipartUpload", lambda c: c.create_multipart_upload(**create_args))
         upload_id = created["UploadId"]
         parts: list[dict[str, Any]] = []
         try:
             for number, offset in enumerate(range(0, obj.size, cfg.part_size_bytes), 1):
                 body, check = await asyncio.to_thread(read_part, obj.data, offset, min(cfg.part_size_bytes, obj.size - offset), cfg.checksum)
                 part_args = {"Bucket": cfg.bucket, "Key": obj.key, "UploadId": upload_id, "PartNumber": number, **check}
-                reply = await self._call(f"UploadPart {number}", "upload_part", {"Body": body, **part_args})
+                reply = await self._upload_part(number, body, part_args)
                 part = {"PartNumber": number, "ETag": reply["ETag"]}
                 part.update({k: v for k, v in check.items() if k.startswith("Checksum")})
                 parts.append(part)
                 self.parts_uploaded += 1
             complete_args = {"Bucket": cfg.bucket, "Key": obj.key, "UploadId": upload_id, "MultipartUpload": {"Parts": parts}}
             try:
-                await self._call("CompleteMultipartUpload", "complete_multipart_upload", complete_args)
+                await self._retry("CompleteMultipartUpload", lambda c: c.complete_multipart_upload(**complete_args))
             except _RestartUpload:
                 # an earlier Complete may have succeeded without us seeing the answer: then the object is there
                 if await self.existing(obj) == "stored":
@@ -285,6 +254,15 @@ class Uploader:
         except asyncio.CancelledError:
             await self._abort_quietly(obj.key, upload_id)
             raise
+
+    async def _upload_part(self, number: int, body: bytes, args: dict[str, Any]) -> Any:
+        return await self._retry(f"UploadPart {number}", lambda c: c.upload_part(Body=body, **args))
+
+    async def _list_uploads(self, args: dict[str, Any]) -> Any:
+        return await self._retry("ListMultipartUploads", lambda c: c.list_multipart_uploads(**args), retry_blocked=False)
+
+    async def _abort_upload(self, key: str, upload_id: str) -> None:
+        await self._retry("AbortMultipartUpload", lambda c: c.abort_multipart_upload(Bucket=self.cfg.bucket, Key=key, UploadId=upload_id), retry_blocked=False)
 
     async def _abort_quietly(self, key: str, upload_id: str) -> None:
         """Stopping mid-upload: abort it now if that is quick; else the next start's recovery does."""
@@ -306,18 +284,13 @@ class Uploader:
         kw: dict[str, Any] = {"Bucket": self.cfg.bucket, "Prefix": prefix}
         try:
             while True:
-                page = await self._call("ListMultipartUploads", "list_multipart_uploads", dict(kw), retry_blocked=False)
+                page = await self._list_uploads(dict(kw))
                 for upload in page.get("Uploads", []) or []:
                     key, upload_id = upload["Key"], upload["UploadId"]
                     if key not in staged_keys and (ours is None or not ours.fullmatch(key)):
                         continue
                     try:
-                        await self._call(
-                            "AbortMultipartUpload",
-                            "abort_multipart_upload",
-                            {"Bucket": self.cfg.bucket, "Key": key, "UploadId": upload_id},
-                            retry_blocked=False,
-                        )
+                        await self._abort_upload(key, upload_id)
                     except _RestartUpload:
                         continue  # already gone
                     aborted += 1
@@ -326,12 +299,12 @@ class Uploader:
                     break
                 kw["KeyMarker"], kw["UploadIdMarker"] = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
         except Exception as exc:
-            kind = classify_error(exc)
-            if kind is None:
+            outcome = classify_error(exc)
+            if outcome is None:
                 raise
             log.warning(
                 "cannot list or abort incomplete multipart uploads; a bucket lifecycle rule (AbortIncompleteMultipartUpload) should clean them up",
-                extra={"sink": self.sink_name, "reason": kind[1]},
+                extra={"sink": self.sink_name, "reason": outcome.reason},
             )
         self.multipart_aborted += aborted
         return aborted

@@ -19,15 +19,16 @@ from typing import Annotated, ClassVar
 
 import msgspec
 
+from kube_audit_shipper.delivery.config import HttpSinkConfigBase
 from kube_audit_shipper.model import Severity
-from kube_audit_shipper.sinks.http.config import HttpTargetBase, base_problems
+from kube_audit_shipper.sinks.http.config import base_problems, endpoint_problems
 
 MAX_BLOCKS = 50  # Slack: blocks per message
 BLOCKS_PER_ALERT = 3  # section, context, divider
 MAX_ALERTS = (MAX_BLOCKS - 2) // BLOCKS_PER_ALERT  # a header and a mention section besides: 16
 
 
-class SlackTargetConfig(HttpTargetBase, tag="slack", kw_only=True, frozen=True, forbid_unknown_fields=True):
+class SlackTargetConfig(HttpSinkConfigBase, tag="slack", kw_only=True, frozen=True, forbid_unknown_fields=True):
     ordered_because: ClassVar[str | None] = "its rate limit (about one message a second per webhook) is counted one message at a time"
 
     webhook_url: Annotated[
@@ -46,7 +47,7 @@ class SlackTargetConfig(HttpTargetBase, tag="slack", kw_only=True, frozen=True, 
 
     def __post_init__(self) -> None:
         problems = base_problems(super().__post_init__)
-        problems += self._http_problems(self.webhook_url, "webhook_url")
+        problems += endpoint_problems(self, self.webhook_url, "webhook_url")
         if self.rate_messages > self.rate_window_s:
             problems.append(f"rate_messages/rate_window_s: {self.rate_messages} per {self.rate_window_s:g} s is more than Slack's one message a second")
         if self.mention is not None and not (self.mention.startswith("<") and self.mention.endswith(">")):

@@ -12,37 +12,34 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from kube_audit_shipper.delivery.answers import retry_after
+from kube_audit_shipper.delivery.context import SinkContext
 from kube_audit_shipper.delivery.contract import Outcome, Reply, Request
 from kube_audit_shipper.sinks.alerts import format as alert_format
-from kube_audit_shipper.sinks.http.client import HttpClient, without_secrets
+from kube_audit_shipper.sinks.http.client import without_secrets
+from kube_audit_shipper.sinks.http.sink import HttpSink
 from kube_audit_shipper.sinks.http.throttle import SendWindow
 from kube_audit_shipper.sinks.slack import replies
 from kube_audit_shipper.sinks.slack.config import SlackTargetConfig
 from kube_audit_shipper.sinks.slack.encode import BlocksEncoder
 
 
-class SlackSink:
+class SlackSink(HttpSink):
     max_concurrency: int | None = 1  # the rate window counts one attempt at a time
+    _encoder: BlocksEncoder
 
-    def __init__(self, cfg: SlackTargetConfig, *, node: str, state_dir: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, cfg: SlackTargetConfig, ctx: SinkContext, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.name = cfg.name
         self.cfg = cfg
-        self._encoder = BlocksEncoder(cfg, node=node)
-        self._http = HttpClient(cfg)
+        self._encoder = BlocksEncoder(cfg, node=ctx.node)
+        self._http = ctx.http(cfg, max_connections=4)
         self.window = SendWindow(cfg.rate_messages, cfg.rate_window_s, clock=clock)
         self._secrets = (cfg.webhook_url, urlsplit(cfg.webhook_url).path)
-
-    def encode(self, records: list[bytes]) -> list[Request]:
-        return self._encoder.encode(records)
-
-    def split(self, request: Request, records: list[bytes]) -> list[Request]:
-        return self._encoder.split(request, records)
 
     async def send(self, request: Request) -> Reply:
         alert_format.refuse_invalid(request)
         self.window.start()
         try:
-            reply = await self._http.post(self.cfg.webhook_url, request.payload, request.headers)
+            reply = await self._http.request("POST", self.cfg.webhook_url, content=request.payload, headers=request.headers)
         finally:
             self.window.finish()
         if reply.status == 429:
@@ -52,6 +49,3 @@ class SlackSink:
 
     def classify(self, request: Request, result: Reply | BaseException) -> Outcome:
         return without_secrets(replies.classify(request, result), self._secrets)
-
-    async def aclose(self) -> None:
-        await self._http.aclose()

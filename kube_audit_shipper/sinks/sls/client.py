@@ -6,23 +6,20 @@ the `x-log-project` header; for an IP endpoint the Host header is still `<projec
 Logtail (`PreparePostLogStoreLogsRequest`, isHostIp) and the Python SDK (`_send`) send to private endpoints.
 
 Every request is signed just before it is sent, with the time corrected by the offset learned from a
-`RequestTimeExpired` answer (`clock_offset_s`).
+`RequestTimeExpired` answer (`clock_offset_s`), and sent with the HTTP client the sink's context made
+(timeout, TLS, proxy: the keys every HTTP sink has).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
-
-import httpx
 
 from kube_audit_shipper import __version__
+from kube_audit_shipper.delivery.context import HttpClient
 from kube_audit_shipper.delivery.contract import Reply
 from kube_audit_shipper.sinks.sls.auth import CredentialSource, content_md5, sign_request
 from kube_audit_shipper.sinks.sls.config import SlsSinkConfig, endpoint_parts, is_ip
@@ -90,11 +87,12 @@ def server_time(headers: Mapping[str, str]) -> float | None:
 
 
 class SlsClient:
-    """Signs and sends requests to one project of one endpoint. One httpx client, made lazily in the running loop."""
+    """Signs and sends requests to one project of one endpoint, with `http`."""
 
-    def __init__(self, cfg: SlsSinkConfig, credentials: CredentialSource) -> None:
+    def __init__(self, cfg: SlsSinkConfig, credentials: CredentialSource, http: HttpClient) -> None:
         self.cfg = cfg
         self.credentials = credentials
+        self.http = http
         scheme, host, port = endpoint_parts(cfg.endpoint)
         self.scheme = scheme
         hostport = f"[{host}]" if ":" in host else host
@@ -112,8 +110,6 @@ class SlsClient:
         self.version = cfg.signature_version
         self.region = cfg.effective_region
         self.clock_offset_s = 0.0
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- time ----------------------------------------------------------------------------------------
     def now(self) -> float:
@@ -155,24 +151,6 @@ class SlsClient:
             payload_sha256=payload_sha256,
         )
 
-    def _get_client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._loop is not loop:
-            verify: Any = True
-            if self.scheme == "https":
-                if not self.cfg.tls_verify:
-                    verify = False
-                elif self.cfg.ca_file:
-                    verify = ssl.create_default_context(cafile=self.cfg.ca_file)
-            self._client = httpx.AsyncClient(
-                verify=verify,
-                timeout=httpx.Timeout(self.cfg.timeout_s, connect=min(10.0, self.cfg.timeout_s)),
-                limits=httpx.Limits(max_connections=max(2, self.cfg.concurrency), max_keepalive_connections=max(1, self.cfg.concurrency)),
-                trust_env=False,
-            )
-            self._loop = loop
-        return self._client
-
     async def request(
         self,
         method: str,
@@ -189,10 +167,7 @@ class SlsClient:
         params = dict(params or {})
         hdrs = dict(headers) if headers is not None else self.base_headers(content_type=content_type, body=body)
         self.sign(method, resource, params, hdrs, body, payload_sha256)
-        resp = await self._get_client().request(method, self.base_url + resource, params=params or None, content=body or None, headers=hdrs)
-        return Reply(resp.status_code, {k.lower(): v for k, v in resp.headers.items()}, resp.content)
+        return await self.http.request(method, self.base_url + resource, params=params or None, content=body, headers=hdrs)
 
     async def aclose(self) -> None:
-        if self._client is not None and not self._client.is_closed:
-            await self._client.aclose()
-        self._client = None
+        await self.http.aclose()

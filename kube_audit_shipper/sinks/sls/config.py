@@ -4,6 +4,9 @@ Credentials, first that applies: `access_key_id` + `access_key_secret` (+ `secur
 `${VAR}` or `${file:...}`); else `credentials_file` (JSON or INI, re-read whenever its mtime changes, so a
 sidecar or RRSA/instance-role helper can rotate STS tokens without a restart); else the environment variables
 named by `*_env` (read at every request).
+
+TLS and proxy: the `tls` and `proxy_url` keys every HTTP sink has (`tls: {ca_file: ...}` for a private CA,
+`tls: {insecure_skip_verify: true}` for a test endpoint only). They replace `ca_file` and `tls_verify`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from kube_audit_shipper.delivery.config import SinkConfigBase
+from kube_audit_shipper.delivery.config import HttpSinkConfigBase
 
 #: SLS's documented limits we design for (the strictest the docs give; see the research notes).
 MAX_LOGS_PER_REQUEST = 4096
@@ -56,7 +59,7 @@ def region_of(endpoint: str) -> str | None:
     return m.group(1) if m else None
 
 
-class SlsSinkConfig(SinkConfigBase, tag="sls", kw_only=True, frozen=True, forbid_unknown_fields=True):
+class SlsSinkConfig(HttpSinkConfigBase, tag="sls", kw_only=True, frozen=True, forbid_unknown_fields=True):
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=64, description="PutLogs requests in flight at once (SLS takes log groups in any order)")] = 4
     endpoint: Annotated[
         str,
@@ -112,12 +115,13 @@ class SlsSinkConfig(SinkConfigBase, tag="sls", kw_only=True, frozen=True, forbid
     max_request_logs: Annotated[int, msgspec.Meta(ge=1, le=MAX_LOGS_PER_REQUEST, description="logs per PutLogs")] = MAX_LOGS_PER_REQUEST
     time_ns: Annotated[bool, msgspec.Meta(description="send Time_ns (the nanoseconds of __time__)")] = True
     timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600, description="one PutLogs request")] = 15.0
-    tls_verify: Annotated[bool, msgspec.Meta(description="check the endpoint's TLS certificate (false only for a test endpoint)")] = True
-    ca_file: Annotated[str | None, msgspec.Meta(description="PEM bundle to verify the endpoint with (default: the system's)")] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        host = endpoint_parts(self.endpoint)[1]  # raises ValueError, reported at this sink's path
+        scheme, host, _ = endpoint_parts(self.endpoint)  # raises ValueError, reported at this sink's path
+        problems = self.http_problems() + (["tls is set but endpoint is not https"] if self.tls is not None and scheme != "https" else [])
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.project_in_host and is_ip(host):
             raise ValueError(f"project_in_host: true cannot work with an IP endpoint ({host}): the project goes in x-log-project")
         if (self.access_key_id is None) != (self.access_key_secret is None):

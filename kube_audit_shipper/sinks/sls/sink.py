@@ -22,7 +22,9 @@ Answers (classify), through the delivery engine's outcomes:
     PostBodyTooLarge, HTTP 413                  Split (halves; a single event is re-sent trimmed to Metadata)
     PostBodyInvalid, InvalidKey, InvalidEncoding, InvalidTimestamp           bisect; one event left: Rejected
 Every error's errorCode, errorMessage and x-log-requestid go into the reason (logged by the engine) and the
-per-code counters (`metric_families`).
+per-code counters (`metric_families`). What the sink learns from an answer it learns in `send`, which sees it
+first: the error counters, the server's clock, stale credentials, and (in `request.meta`) whether the request
+was too large, which `split` needs; `classify` only reads.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import logging
 import os
 import re
 import socket
-import ssl
 import threading
 import time
 import uuid
@@ -46,11 +47,13 @@ import httpx
 import lz4.block
 import zstandard
 
-from kube_audit_shipper.delivery.answers import caused_by, retry_after
-from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Rejected, Reply, Request, Retry, Split
+from kube_audit_shipper.delivery.answers import retry_after
+from kube_audit_shipper.delivery.context import SinkContext
+from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Rejected, Reply, Request, Retry, Sink, Split
+from kube_audit_shipper.sinks.http.client import tls_failure
 from kube_audit_shipper.sinks.sls import pb
 from kube_audit_shipper.sinks.sls.auth import CredentialsError, CredentialSource
-from kube_audit_shipper.sinks.sls.client import SlsClient, SlsError, parse_error
+from kube_audit_shipper.sinks.sls.client import SlsClient, SlsError, parse_error, server_time
 from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
 from kube_audit_shipper.sinks.sls.shape import NotAnEvent, Shaped, fit, shape
 
@@ -94,12 +97,10 @@ def hash_key(value: str) -> str:
     return hashlib.md5(value.encode()).hexdigest().upper()
 
 
-class SlsSink:
+class SlsSink(Sink):
     max_concurrency: int | None = None  # SLS takes groups in any order
 
-    def __init__(
-        self, cfg: SlsSinkConfig, *, node: str = "", state_dir: str = "", input_paths: Sequence[str] = (), environ: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, cfg: SlsSinkConfig, ctx: SinkContext, *, environ: dict[str, str] | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.credentials = CredentialSource(
@@ -110,10 +111,10 @@ class SlsSink:
             env_names=(cfg.access_key_id_env, cfg.access_key_secret_env, cfg.security_token_env),
             environ=environ,
         )
-        self.client = SlsClient(cfg, self.credentials)
-        self.node = node or socket.gethostname()
+        self.client = SlsClient(cfg, self.credentials, ctx.http(cfg, max_connections=max(2, cfg.concurrency)))
+        self.node = ctx.node or socket.gethostname()
         self.source = cfg.source if cfg.source is not None else node_ip()
-        path = cfg.path_tag if cfg.path_tag is not None else (input_paths[0] if input_paths else "")
+        path = cfg.path_tag if cfg.path_tag is not None else (ctx.input_paths[0] if ctx.input_paths else "")
         self._static_tags = [("__hostname__", self.node)] + ([("__path__", path)] if path else [])
         self._user_tags = sorted(cfg.tags.items())
         self._pack_prefix = "{:016X}".format(int.from_bytes(hashlib.md5(f"{self.node}|{path}|{cfg.name}|{uuid.uuid4()}".encode()).digest()[:8], "big"))
@@ -142,7 +143,7 @@ class SlsSink:
             mid = len(idx) // 2
             minimal = bool(request.meta.get("minimal"))
             return self._encode(records, idx[:mid], minimal=minimal) + self._encode(records, idx[mid:], minimal=minimal)
-        if request.meta.get("minimal") or request.meta.get("split_code") not in TOO_LARGE_CODES:
+        if request.meta.get("minimal") or not _too_large(request):
             return []  # the engine dead-letters it, with the reason
         return self._encode(records, idx, minimal=True)
 
@@ -218,18 +219,47 @@ class SlsSink:
             return cctx.compress(raw)
         return raw
 
-    # -- sending -----------------------------------------------------------------------------------
+    # -- sending ----------------------------------------------------------------------------------
     async def send(self, request: Request) -> Reply:
         with self._lock:
             self.requests_sent += 1
-        return await self.client.request(
-            "POST", self.resource, params=self.params, body=request.payload, headers=request.headers, payload_sha256=request.meta.get("sha256")
-        )
+        try:
+            reply = await self.client.request(
+                "POST", self.resource, params=self.params, body=request.payload, headers=request.headers, payload_sha256=request.meta.get("sha256")
+            )
+        except Exception as exc:
+            self._count(_failure_code(exc))
+            raise
+        self._learn(request, reply)
+        return reply
+
+    def _learn(self, request: Request, reply: Reply) -> None:
+        """What an answer teaches the sink: counters, the server's clock, stale credentials, the code `split` needs."""
+        if reply.status == 200:
+            self.last_request_id = reply.headers.get("x-log-requestid", "")
+            return
+        err = parse_error(reply)
+        self._count(err.code)
+        self.last_error = err
+        if err.request_id:
+            self.last_request_id = err.request_id
+        request.meta["too_large"] = err.code in TOO_LARGE_CODES or reply.status == 413
+        if err.code in CLOCK_CODES:
+            before = self.client.clock_offset_s
+            offset = self.client.learn_clock(reply.headers)
+            if offset is not None:
+                self.clock_adjustments += 1
+                log.warning(
+                    "SLS says our clock is off: signing with the server's time from now on",
+                    extra={"sink": self.name, "clock_offset_s": round(offset, 3), "previous_offset_s": round(before, 3), "request_id": err.request_id},
+                )
+        elif err.code in AUTH_CODES:
+            self.credentials.invalidate()  # maybe rotated: read the file again before the next attempt
+            request.meta["key_id"] = self._key_id()
 
     def classify(self, request: Request, result: Reply | BaseException) -> Outcome:
         if isinstance(result, Reply):
             if result.status == 200:
-                self.last_request_id = result.headers.get("x-log-requestid", "")
                 return Delivered()
             return self._classify_error(request, parse_error(result), result)
         return self._classify_exception(result)
@@ -245,16 +275,12 @@ class SlsSink:
 
     def _classify_exception(self, exc: BaseException) -> Outcome:
         if isinstance(exc, CredentialsError):
-            self._count("NoCredentials")
             return Blocked(f"SLS {self._where()}: {exc}")
-        tls = caused_by(exc, ssl.SSLError)
+        tls = tls_failure(exc)
         if tls is not None:
-            self._count("TLSError")
-            return Blocked(f"SLS {self._where()}: TLS error: {tls} (set ca_file, or tls_verify: false for a test endpoint)")
+            return Blocked(f"SLS {self._where()}: TLS error: {tls} (set tls.ca_file, or tls.insecure_skip_verify for a test endpoint)")
         if isinstance(exc, (httpx.TransportError, asyncio.TimeoutError, TimeoutError, OSError)):
-            self._count("NetworkError")
             return Retry(f"SLS {self._where()}: network error: {type(exc).__name__}: {exc}")
-        self._count("ClientError")
         return Retry(f"SLS {self._where()}: {type(exc).__name__}: {exc}")
 
     def _count(self, code: str) -> None:
@@ -262,36 +288,22 @@ class SlsSink:
             self.error_codes[code] += 1
 
     def _classify_error(self, request: Request, err: SlsError, reply: Reply) -> Outcome:
-        self._count(err.code)
-        self.last_error = err
-        if err.request_id:
-            self.last_request_id = err.request_id
         code, status = err.code, err.status
         what = f"SLS {self._where()}: {err}"
         if code in CLOCK_CODES:
-            before = self.client.clock_offset_s
-            offset = self.client.learn_clock(reply.headers)
-            if offset is not None:
-                self.clock_adjustments += 1
-                log.warning(
-                    "SLS says our clock is off: signing with the server's time from now on",
-                    extra={"sink": self.name, "clock_offset_s": round(offset, 3), "previous_offset_s": round(before, 3), "request_id": err.request_id},
-                )
-                return Retry(f"{what} (clock offset now {offset:+.0f} s)", after_s=0.0)
+            if server_time(reply.headers) is not None:
+                return Retry(f"{what} (clock offset now {self.client.clock_offset_s:+.0f} s)", after_s=0.0)
             return Retry(f"{what} (the answer carried no Date to correct the clock with)")
         if code in RETRY_CODES or status >= 500 or status == 429:
             return Retry(what, after_s=retry_after(reply.headers))
         if code in AUTH_CODES:
-            self.credentials.invalidate()  # maybe rotated: read the file again before the next attempt
-            return Blocked(f"{what}; access key id {self._key_id()} from {self.credentials.describe()}")
+            return Blocked(f"{what}; access key id {request.meta.get('key_id', '(unknown)')} from {self.credentials.describe()}")
         if code in MISSING_CODES:
             return Blocked(f"{what}; create it (kube-audit-shipper sls ensure -c CONFIG creates the logstore and its index)")
         if code in TOO_LARGE_CODES or status == 413:
-            request.meta["split_code"] = "PostBodyTooLarge"
             return Split(what)
         if code in RECORD_CODES:
             if len(request.indices) > 1:
-                request.meta["split_code"] = code
                 return Split(f"{what}; bisecting to find the event")
             return Rejected(what, list(request.indices))
         return Blocked(what)  # anything else: keep the data, tell the operator
@@ -322,8 +334,24 @@ class SlsSink:
             self.client.clock_offset_s,
         )
 
-    async def aclose(self) -> None:
+    async def aclose(self, deadline: float | None = None) -> None:
         await self.client.aclose()
+
+
+def _too_large(request: Request) -> bool:
+    """Whether the backend's last answer said the request itself is too large (not that one of its events is invalid)."""
+    return bool(request.meta.get("too_large"))
+
+
+def _failure_code(exc: BaseException) -> str:
+    """The error counter a failed attempt counts under."""
+    if isinstance(exc, CredentialsError):
+        return "NoCredentials"
+    if tls_failure(exc) is not None:
+        return "TLSError"
+    if isinstance(exc, (httpx.TransportError, asyncio.TimeoutError, TimeoutError, OSError)):
+        return "NetworkError"
+    return "ClientError"
 
 
 def _one(kind: Any, name: str, doc: str, sink: str, value: float) -> Any:

@@ -20,7 +20,7 @@ from typing import Annotated
 import msgspec
 
 from kube_audit_shipper.sinks.alertmanager.config import LABEL_NAME, AlertShapeBase
-from kube_audit_shipper.sinks.http.config import base_problems
+from kube_audit_shipper.sinks.http.config import base_problems, endpoint_problems
 
 
 class WebhookTargetConfig(AlertShapeBase, tag="webhook", kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -41,7 +41,7 @@ class WebhookTargetConfig(AlertShapeBase, tag="webhook", kw_only=True, frozen=Tr
 
     def __post_init__(self) -> None:
         problems = base_problems(super().__post_init__)
-        problems += self._http_problems(self.url, "url", query_ok=True) + self._auth_problems() + self._shape_problems()
+        problems += endpoint_problems(self, self.url, "url", query_ok=True) + self.auth_problems() + self._shape_problems()
         for name in self.group_by:
             if not LABEL_NAME.match(name):
                 problems.append(f"group_by: {name!r} is not a valid label name")

@@ -12,7 +12,7 @@ import msgspec
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
-from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.runner import SinkRunner
 from kube_audit_shipper.model import Chunk
 
 FAST = RetryConfig(initial_ms=1, max_ms=50)

@@ -15,6 +15,7 @@ from kube_audit_shipper.sinks.alert_registry import AlertTargetConfig, build_ale
 from tests.integration.alerts.engine import dead_letters, ship
 from tests.support.harness import sink_lines
 from tests.support.loki_server import LokiServer
+from tests.support.sink_context import context
 from tests.support.sls_server import SlsTestServer
 from tests.unit.sinks.alerts.alerts import mixed, records
 
@@ -23,7 +24,7 @@ FALCO_KEYS = {"time", "rule", "priority", "source", "hostname", "output", "outpu
 
 def target(tmp_path: Path, spec: dict[str, Any]) -> Any:
     cfg = msgspec.convert(spec, AlertTargetConfig)
-    return build_alert_target(cfg, node="cp-1", state_dir=str(tmp_path / "state"))
+    return build_alert_target(cfg, context(tmp_path / "state"))
 
 
 def with_junk(alerts_records: list[bytes]) -> list[bytes]:

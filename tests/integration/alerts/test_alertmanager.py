@@ -24,6 +24,7 @@ from kube_audit_shipper.sinks.webhook.encode import WebhookEncoder
 from tests.integration.alerts.engine import dead_letters, ship
 from tests.support import alertmanager as support
 from tests.support.alertmanager import Alertmanager
+from tests.support.sink_context import context
 from tests.support.wait import until_blocking
 from tests.support.webhook_server import WebhookReceiver
 from tests.unit.sinks.alerts.alerts import exec_alert, mixed, public_failures_alert, records
@@ -32,7 +33,9 @@ MS = 1_000_000
 
 
 def make(url: str, **kw: Any) -> AlertmanagerSink:
-    return AlertmanagerSink(msgspec.convert({"type": "alertmanager", "name": "am", "url": url, **kw}, AlertmanagerTargetConfig), node="cp-9")
+    return AlertmanagerSink(
+        msgspec.convert({"type": "alertmanager", "name": "am", "url": url, **kw}, AlertmanagerTargetConfig), context("/var/lib/kas", node="cp-9")
+    )
 
 
 def by_id(am: Alertmanager) -> dict[str, dict[str, Any]]:

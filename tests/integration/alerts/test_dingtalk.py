@@ -20,6 +20,7 @@ from kube_audit_shipper.sinks.dingtalk.sink import DingTalkSink
 from kube_audit_shipper.sinks.http.throttle import LocalThrottle
 from tests.integration.alerts.engine import dead_letters, ship
 from tests.support.dingtalk_server import DingTalkServer
+from tests.support.sink_context import context
 from tests.unit.sinks.alerts.alerts import exec_alert, mixed, records
 
 
@@ -41,8 +42,8 @@ def make(server: DingTalkServer, clock: Clock | None = None, **kw: Any) -> DingT
         {"type": "dingtalk", "name": "ding", "url": server.url, "access_token": "token-1", "secret": "SEC-test-secret", **kw}, DingTalkTargetConfig
     )
     if clock is None:
-        return DingTalkSink(cfg, node="cp-1")
-    return DingTalkSink(cfg, node="cp-1", clock=clock, wall_clock_ms=clock.ms)
+        return DingTalkSink(cfg, context("/var/lib/kas"))
+    return DingTalkSink(cfg, context("/var/lib/kas"), clock=clock, wall_clock_ms=clock.ms)
 
 
 def attempt(sink: DingTalkSink, request: Request) -> tuple[Outcome, BaseException | None]:
@@ -97,7 +98,7 @@ def test_every_attempt_is_signed_afresh(dingtalk: DingTalkServer, dl: DeadLetter
     start = time.time_ns() // 1_000_000
     stamps = iter(range(start, start + 10**9, 1500))  # each call of the wall clock 1.5 s later
     cfg = msgspec.convert({"type": "dingtalk", "name": "d", "url": dingtalk.url, "access_token": "token-1", "secret": "SEC-test-secret"}, DingTalkTargetConfig)
-    sink = DingTalkSink(cfg, node="cp-1", wall_clock_ms=lambda: next(stamps))
+    sink = DingTalkSink(cfg, context("/var/lib/kas"), wall_clock_ms=lambda: next(stamps))
     ship(sink, records([exec_alert(1)]), dl)
     queries = [parse_qs(urlsplit(h.path).query) for h in dingtalk.hits]
     assert [q["timestamp"][0] for q in queries] == [str(start), str(start + 1500), str(start + 3000)]

@@ -17,12 +17,13 @@ from kube_audit_shipper.sinks.http.throttle import LocalThrottle
 from kube_audit_shipper.sinks.slack.config import SlackTargetConfig
 from kube_audit_shipper.sinks.slack.sink import SlackSink
 from tests.integration.alerts.engine import dead_letters, ship
+from tests.support.sink_context import context
 from tests.support.slack_server import SlackServer
 from tests.unit.sinks.alerts.alerts import exec_alert, mixed, records
 
 
 def make(server: SlackServer, **kw: Any) -> SlackSink:
-    return SlackSink(msgspec.convert({"type": "slack", "name": "slack", "webhook_url": server.url, **kw}, SlackTargetConfig), node="cp-1")
+    return SlackSink(msgspec.convert({"type": "slack", "name": "slack", "webhook_url": server.url, **kw}, SlackTargetConfig), context("/var/lib/kas"))
 
 
 def attempt(sink: SlackSink, request: Request) -> tuple[Outcome, BaseException | None]:

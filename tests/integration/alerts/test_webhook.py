@@ -18,12 +18,13 @@ from kube_audit_shipper.delivery.contract import Blocked, Delivered, Outcome, Re
 from kube_audit_shipper.sinks.webhook.config import WebhookTargetConfig
 from kube_audit_shipper.sinks.webhook.sink import WebhookSink
 from tests.integration.alerts.engine import dead_letters, ship
+from tests.support.sink_context import context
 from tests.support.webhook_server import Answer, WebhookReceiver
 from tests.unit.sinks.alerts.alerts import exec_alert, mixed, records
 
 
 def make(url: str, **kw: Any) -> WebhookSink:
-    return WebhookSink(msgspec.convert({"type": "webhook", "name": "hook", "url": url, **kw}, WebhookTargetConfig), node="cp-1")
+    return WebhookSink(msgspec.convert({"type": "webhook", "name": "hook", "url": url, **kw}, WebhookTargetConfig), context("/var/lib/kas"))
 
 
 def attempt(sink: WebhookSink, request: Request) -> Outcome:

@@ -19,8 +19,9 @@ import pytest
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
-from kube_audit_shipper.delivery.contract import Delivered, Outcome, Reply, Request, Retry, Split
-from kube_audit_shipper.delivery.engine import MAX_REASON_CHARS, SinkRunner
+from kube_audit_shipper.delivery.containment import MAX_REASON_CHARS
+from kube_audit_shipper.delivery.contract import Delivered, Outcome, Reply, Request, Retry, Sink, Split
+from kube_audit_shipper.delivery.runner import SinkRunner
 from kube_audit_shipper.delivery.spool import Spool
 from kube_audit_shipper.model import Chunk
 from tests.support.wait import until
@@ -31,7 +32,7 @@ DEEP = b'{"r":"deep","body":' + b"[" * 5000 + b"]" * 5000 + b"}"
 HUGE = b'{"r":"huge","code":1e400}'
 
 
-class NaiveSink:
+class NaiveSink(Sink):
     """NDJSON requests; each record decoded and encoded again (so it fails on what msgspec cannot decode).
 
     `max_records`: a request carrying more is answered Split (a backend size limit); `split` is missing in this
@@ -73,7 +74,7 @@ class NaiveSink:
             return Delivered()
         return Retry(str(result))
 
-    async def aclose(self) -> None:
+    async def aclose(self, deadline: float | None = None) -> None:
         pass
 
 

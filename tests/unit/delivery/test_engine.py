@@ -1,4 +1,4 @@
-"""Unit tests for kube_audit_shipper.delivery.engine.SinkRunner against the sink contract (delivery/contract.py).
+"""Unit tests for kube_audit_shipper.delivery.runner.SinkRunner against the sink contract (delivery/contract.py).
 
 Batching, exact acknowledgements, out-of-order completion, retries with full-jitter backoff and
 Retry-After, Rejected/Blocked/Split outcomes, max_retry_age give-ups, the spool (ack after fsync,
@@ -21,7 +21,7 @@ import pytest
 
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
-from kube_audit_shipper.delivery import engine as engine_mod
+from kube_audit_shipper.delivery import sink_state as sink_state_mod
 from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
 from kube_audit_shipper.delivery.contract import (
     Blocked,
@@ -31,10 +31,11 @@ from kube_audit_shipper.delivery.contract import (
     Reply,
     Request,
     Retry,
+    Sink,
     Split,
     split_in_half,
 )
-from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.runner import SinkRunner
 from kube_audit_shipper.delivery.spool import Spool
 from kube_audit_shipper.model import Chunk
 from tests.support.wait import until
@@ -52,7 +53,7 @@ def records_of(request: Request) -> list[bytes]:
     return request.payload.split(b"\n")[:-1]
 
 
-class MemSink:
+class MemSink(Sink):
     """An in-memory sink honouring the contract: encode one NDJSON request per batch (or per
     `per_request` records), send stores it unless `fail(records, attempt)` says to raise a connection
     error, classify maps a Reply to Delivered and an exception to Retry."""
@@ -116,7 +117,7 @@ class MemSink:
             return Delivered()
         return Retry(f"{type(result).__name__}: {result}")
 
-    async def aclose(self) -> None:
+    async def aclose(self, deadline: float | None = None) -> None:
         self.closed = True
 
 
@@ -544,14 +545,14 @@ async def test_backoff_is_exponential_with_full_jitter_and_a_cap(dl: DeadLetterS
     retry = RetryConfig(initial_ms=8, max_ms=60, multiplier=2.0)
     runner = runner_for(sink, ledger, dl, batch=BatchConfig(max_events=10, max_bytes=MiB, max_wait_ms=NEVER), retry=retry)
     drawn: list[tuple[int, float]] = []
-    orig_wait = runner._wait
+    orig_jitter = runner.backoff.jitter_s
 
-    def wait(state):  # type: ignore[no-untyped-def]
-        value = orig_wait(state)
-        drawn.append((state.attempt_number, value))
+    def jitter(attempt: int) -> float:
+        value = orig_jitter(attempt)
+        drawn.append((attempt, value))
         return value
 
-    runner._wait = wait  # type: ignore[method-assign]
+    runner.backoff.jitter_s = jitter  # type: ignore[method-assign]
     await run_all(runner, [c])
     assert [n for n, _ in drawn] == list(range(1, failures + 1))
     caps = [min(0.060, 0.008 * 2 ** (n - 1)) for n in range(1, failures + 1)]
@@ -706,8 +707,8 @@ async def test_a_batch_of_several_requests_is_acknowledged_after_all_and_done_re
 async def test_blocked_waits_max_ms_logs_once_per_interval_keeps_data_then_recovers(
     dl: DeadLetterStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(engine_mod, "BLOCKED_LOG_INTERVAL_S", 0.3)
-    caplog.set_level(logging.INFO, logger="kube_audit_shipper.delivery.engine")
+    monkeypatch.setattr(sink_state_mod, "BLOCKED_LOG_INTERVAL_S", 0.3)
+    caplog.set_level(logging.INFO, logger="kube_audit_shipper.delivery.runner")
     model = Model(27)
     chunks = [model.chunk(1, [90, 90]), model.chunk(1, [90, 90])]
     blocked_until = [float("inf")]

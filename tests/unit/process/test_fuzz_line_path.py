@@ -33,7 +33,7 @@ from kube_audit_shipper.process.enrich.config import EnrichConfig, RedactConfig
 from kube_audit_shipper.process.policy.load import parse_policy
 from kube_audit_shipper.process.policy.match import compile_policy
 from kube_audit_shipper.process.transform import build_transform
-from kube_audit_shipper.sinks.registry import SINK_CONFIGS, build_sink
+from kube_audit_shipper.sinks.registry import SINK_CONFIGS, build_sink, sink_context
 from kube_audit_shipper.source.reader import LineReader
 from tests.support.line_processing import ProcessingWithDeadLetters as LineProcessor
 
@@ -356,7 +356,7 @@ class Sinks:
         self.sinks = []
         for spec in specs:
             cfg = msgspec.convert(spec, SINK_CONFIGS[spec["type"]])
-            self.sinks.append(build_sink(cfg, node="node-1", state_dir=str(root / "state"), input_paths=["/var/log/audit.log"]))
+            self.sinks.append(build_sink(cfg, sink_context(node="node-1", state_dir=root / "state", input_paths=["/var/log/audit.log"])))
 
     def encode_all(self, records: list[bytes]) -> None:
         for sink in self.sinks:

@@ -11,6 +11,7 @@ import pytest
 from kube_audit_shipper.report.inputs import LogFile, LogReadError, whole_frames_bytes
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
 from kube_audit_shipper.sinks.file.sink import FileSink
+from tests.support.sink_context import context
 from tests.unit.report import scenario
 
 
@@ -33,7 +34,7 @@ def test_plain_and_gzip(tmp_path: Path) -> None:
 
 def test_file_sink_output_is_read_across_its_frames(tmp_path: Path) -> None:
     lines = scenario.demo_lines(900)
-    sink = FileSink(FileSinkConfig(name="archive", path=str(tmp_path)))
+    sink = FileSink(FileSinkConfig(name="archive", path=str(tmp_path)), context(tmp_path / "state"))
 
     async def ship() -> None:
         for start in range(0, len(lines), 200):  # one zstd frame per batch
@@ -51,7 +52,7 @@ def test_file_sink_output_is_read_across_its_frames(tmp_path: Path) -> None:
 
 def test_a_torn_zstd_tail_gives_the_whole_frames_then_an_error(tmp_path: Path) -> None:
     lines = scenario.demo_lines(400)
-    sink = FileSink(FileSinkConfig(name="archive", path=str(tmp_path)))
+    sink = FileSink(FileSinkConfig(name="archive", path=str(tmp_path)), context(tmp_path / "state"))
 
     async def ship() -> None:
         for start in (0, 200):

@@ -16,6 +16,7 @@ from kube_audit_shipper.obs.logs import Scrubber
 from kube_audit_shipper.sinks import alert_registry
 from kube_audit_shipper.sinks.alert_registry import AlertTargetConfig, build_alert_target, name_problems, secret_values
 from tests.support.harness import sink_lines
+from tests.support.sink_context import context
 from tests.unit.sinks.alerts.alerts import exec_alert, public_failures_alert, records, secret_alert
 
 SLACK_URL = "https://hooks.slack.com/services/T0123ABCD/B0456EFGH/abcdefghijklmnopqrstuvwx"
@@ -43,7 +44,7 @@ def test_every_type_converts_and_builds_into_a_sink(tmp_path: Path) -> None:
     configs, errors = convert(items)
     assert errors == []
     for cfg in configs:
-        sink = build_alert_target(cfg, node="cp-1", state_dir=str(tmp_path / "state"))
+        sink = build_alert_target(cfg, context(tmp_path / "state"))
         assert isinstance(sink, Sink) and sink.name == cfg.name
         assert alert_registry.target_type(cfg) == cfg.name[2:]
         asyncio.run(sink.aclose())
@@ -100,7 +101,7 @@ def test_record_target_defaults_suit_alerts() -> None:
 def test_a_file_target_stores_alert_records_and_rejects_what_is_no_alert(tmp_path: Path, fmt: str) -> None:
     (cfg,), errors = convert([{"name": "f", "type": "file", "path": str(tmp_path / "out"), "format": fmt, "compression": "none"}])
     assert errors == []
-    sink = build_alert_target(cfg, node="cp-1", state_dir=str(tmp_path / "state"))
+    sink = build_alert_target(cfg, context(tmp_path / "state"))
     assert type(sink).__name__ == "AlertFileSink" and sink.max_concurrency == 1
     batch = records([exec_alert(1), public_failures_alert(2), secret_alert(3)])
     batch.insert(2, b'{"not": "an alert"}')

@@ -11,6 +11,7 @@ from kube_audit_shipper.sinks.dingtalk.config import DingTalkTargetConfig
 from kube_audit_shipper.sinks.dingtalk.encode import DigestEncoder
 from kube_audit_shipper.sinks.dingtalk.sink import DingTalkSink
 from kube_audit_shipper.sinks.http.throttle import LocalThrottle
+from tests.support.sink_context import context
 from tests.unit.sinks.alerts.alerts import exec_alert, records
 
 ENC = DigestEncoder(DingTalkTargetConfig(name="d", access_token="t"), node="cp-1")
@@ -91,7 +92,7 @@ def test_errcode_reads_only_dingtalk_answers() -> None:
 
 
 def test_a_transport_error_quoting_the_token_is_masked() -> None:
-    sink = DingTalkSink(DingTalkTargetConfig(name="d", access_token="tok-0f3c9a7e", secret="SEC-abcdef"), node="cp-1")
+    sink = DingTalkSink(DingTalkTargetConfig(name="d", access_token="tok-0f3c9a7e", secret="SEC-abcdef"), context("/var/lib/kas"))
     error = httpx.ConnectError("cannot reach https://oapi.dingtalk.com/robot/send?access_token=tok-0f3c9a7e&sign=x (SEC-abcdef)")
     outcome = sink.classify(ONE, error)
     assert isinstance(outcome, Retry) and "tok-0f3c9a7e" not in outcome.reason and "SEC-abcdef" not in outcome.reason

@@ -23,12 +23,16 @@ from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
 from kube_audit_shipper.delivery.contract import Blocked, Delivered, Reply, Request, Retry
-from kube_audit_shipper.delivery.engine import SinkRunner
+from kube_audit_shipper.delivery.runner import SinkRunner
+from kube_audit_shipper.durable import valid_prefix
 from kube_audit_shipper.model import Chunk
 from kube_audit_shipper.sinks.file import sink as sink_mod
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
-from kube_audit_shipper.sinks.file.sink import FileSink, valid_prefix
+from kube_audit_shipper.sinks.file.sink import FileSink
 from tests.support.corpus import DATA
+from tests.support.sink_context import context
+
+CTX = context(Path("/var/lib/kube-audit-shipper"), node="n1")  # a file sink keeps nothing in the state directory
 
 CORPUS_DIR = DATA / "real-audit"
 MiB = 1 << 20
@@ -106,7 +110,7 @@ def frames_of(data: bytes) -> list[bytes]:
 @pytest.mark.asyncio
 async def test_finished_file_decompresses_to_exact_ndjson(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    sink = FileSink(cfg(out), node="n1")
+    sink = FileSink(cfg(out), CTX)
     lines = corpus_lines()
     batches = [lines[i : i + 37] for i in range(0, len(lines), 37)]
     for b in batches:
@@ -136,7 +140,7 @@ async def test_finished_file_decompresses_to_exact_ndjson(tmp_path: Path) -> Non
 async def test_zstd_cli_integrity_check(tmp_path: Path) -> None:
     if ZSTD is None:
         pytest.skip("zstd command not installed")
-    sink = FileSink(cfg(tmp_path, compression_level=19))
+    sink = FileSink(cfg(tmp_path, compression_level=19), CTX)
     for i in range(5):
         await ship(sink, [b'{"i":%d}' % i])
     await sink.aclose()
@@ -147,7 +151,7 @@ async def test_zstd_cli_integrity_check(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_aclose_without_writes_leaves_nothing(tmp_path: Path) -> None:
-    sink = FileSink(cfg(tmp_path))
+    sink = FileSink(cfg(tmp_path), CTX)
     await sink.aclose()
     assert list(tmp_path.iterdir()) == []
     assert sink.files_finished == 0
@@ -156,7 +160,7 @@ async def test_aclose_without_writes_leaves_nothing(tmp_path: Path) -> None:
 @pytest.mark.asyncio
 async def test_rotation_by_size_names_sort_by_time(tmp_path: Path) -> None:
     rnd = random.Random(7)
-    sink = FileSink(cfg(tmp_path, rotate_bytes=MiB))
+    sink = FileSink(cfg(tmp_path, rotate_bytes=MiB), CTX)
     batches: list[list[bytes]] = []
     max_payload = 0
     for i in range(70):
@@ -186,13 +190,13 @@ async def test_rotation_by_size_names_sort_by_time(tmp_path: Path) -> None:
 async def test_rotation_by_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     now = [1000.0]
     monkeypatch.setattr(sink_mod, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
-    sink = FileSink(cfg(tmp_path, rotate_age_s=60))
+    sink = FileSink(cfg(tmp_path, rotate_age_s=60), CTX)
     await ship(sink, [b'{"a":1}'])
     now[0] += 59.9
-    sink.finish_if_old()
+    await sink.tick(now[0])
     assert finished(tmp_path) == []
     now[0] += 0.1
-    sink.finish_if_old()
+    await sink.tick(now[0])
     assert len(finished(tmp_path)) == 1 and temps(tmp_path) == []
     await ship(sink, [b'{"a":2}'])
     now[0] += 61
@@ -204,7 +208,7 @@ async def test_rotation_by_age(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.asyncio
 async def test_compression_none_writes_plain_ndjson(tmp_path: Path) -> None:
-    sink = FileSink(cfg(tmp_path, compression="none"))
+    sink = FileSink(cfg(tmp_path, compression="none"), CTX)
     await ship(sink, [b'{"a":1}', b'{"b":2}'])
     (tmp,) = temps(tmp_path)
     assert tmp.name.endswith(".ndjson.tmp") and tmp.name.startswith(".audit-")
@@ -233,7 +237,7 @@ def test_recovery_cuts_a_torn_last_frame_at_every_byte(tmp_path: Path) -> None:
         d = tmp_path / f"c{cut}"
         d.mkdir()
         (d / TMP_NAME).write_bytes(good + last[:cut])
-        sink = FileSink(cfg(d))
+        sink = FileSink(cfg(d), CTX)
         assert temps(d) == [], cut
         (final,) = finished(d)
         assert final.name == TMP_NAME[1:].removesuffix(".tmp")
@@ -253,7 +257,7 @@ def test_recovery_cuts_a_torn_last_frame_at_every_byte(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_recovery_after_crash_of_a_real_sink(tmp_path: Path) -> None:
-    sink = FileSink(cfg(tmp_path))
+    sink = FileSink(cfg(tmp_path), CTX)
     batches = [[b'{"n":%d}' % (i * 10 + j) for j in range(10)] for i in range(4)]
     for b in batches:
         await ship(sink, b)
@@ -263,7 +267,7 @@ async def test_recovery_after_crash_of_a_real_sink(tmp_path: Path) -> None:
     os.close(sink._fd)  # type: ignore[arg-type]
     with tmp.open("ab") as fh:
         fh.write(torn[: len(torn) // 2])
-    again = FileSink(cfg(tmp_path))
+    again = FileSink(cfg(tmp_path), CTX)
     (final,) = finished(tmp_path)
     assert temps(tmp_path) == []
     assert zstd_lib_decompress(final) == ndjson(batches)
@@ -283,7 +287,7 @@ async def test_recovery_after_crash_of_a_real_sink(tmp_path: Path) -> None:
 def test_recovery_cuts_garbage_after_good_frames(tmp_path: Path, garbage: bytes) -> None:
     frames, plains = good_frames(3)
     (tmp_path / TMP_NAME).write_bytes(b"".join(frames) + garbage)
-    sink = FileSink(cfg(tmp_path))
+    sink = FileSink(cfg(tmp_path), CTX)
     (final,) = finished(tmp_path)
     assert final.read_bytes() == b"".join(frames)
     assert sink.cut_bytes == len(garbage)
@@ -294,7 +298,7 @@ def test_recovery_cuts_a_valid_frame_not_ending_in_newline(tmp_path: Path) -> No
     frames, _ = good_frames(2)
     odd = zstandard.ZstdCompressor(write_checksum=True).compress(b'{"half":')
     (tmp_path / TMP_NAME).write_bytes(b"".join(frames) + odd)
-    FileSink(cfg(tmp_path))
+    FileSink(cfg(tmp_path), CTX)
     (final,) = finished(tmp_path)
     assert final.read_bytes() == b"".join(frames)
 
@@ -304,7 +308,7 @@ def test_recovery_keeps_prefix_before_a_corrupt_frame(tmp_path: Path) -> None:
     bad = bytearray(frames[2])
     bad[len(bad) // 2] ^= 0xFF
     (tmp_path / TMP_NAME).write_bytes(frames[0] + frames[1] + bytes(bad) + frames[3])
-    FileSink(cfg(tmp_path))
+    FileSink(cfg(tmp_path), CTX)
     (final,) = finished(tmp_path)
     assert final.read_bytes() == frames[0] + frames[1]
     assert zstd_lib_decompress(final) == plains[0] + plains[1]
@@ -313,14 +317,14 @@ def test_recovery_keeps_prefix_before_a_corrupt_frame(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", [b"", b"garbage only", b"\x28\xb5\x2f\xfd"])
 def test_recovery_removes_temp_without_any_good_frame(tmp_path: Path, content: bytes) -> None:
     (tmp_path / TMP_NAME).write_bytes(content)
-    FileSink(cfg(tmp_path))
+    FileSink(cfg(tmp_path), CTX)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_recovery_compression_none_keeps_whole_lines(tmp_path: Path) -> None:
     name = ".audit-20261122T100000.000000Z-0001.ndjson.tmp"
     (tmp_path / name).write_bytes(b'{"a":1}\n{"b":2}\n{"c":')
-    sink = FileSink(cfg(tmp_path, compression="none"))
+    sink = FileSink(cfg(tmp_path, compression="none"), CTX)
     (final,) = finished(tmp_path)
     assert final.name == "audit-20261122T100000.000000Z-0001.ndjson"
     assert final.read_bytes() == b'{"a":1}\n{"b":2}\n'
@@ -333,7 +337,7 @@ def test_recovery_ignores_other_prefixes_and_finished_files(tmp_path: Path) -> N
     other.write_bytes(frames[0] + b"junk")
     done = tmp_path / "audit-20261122T090000.000000Z-0001.ndjson.zst"
     done.write_bytes(frames[0])
-    FileSink(cfg(tmp_path))
+    FileSink(cfg(tmp_path), CTX)
     assert other.read_bytes() == frames[0] + b"junk"
     assert done.read_bytes() == frames[0]
 
@@ -341,12 +345,12 @@ def test_recovery_ignores_other_prefixes_and_finished_files(tmp_path: Path) -> N
 def test_valid_prefix_none_and_zstd(tmp_path: Path) -> None:
     p = tmp_path / "f"
     p.write_bytes(b"a\nb\nc")
-    assert valid_prefix(p, compressed=False) == 4
+    assert valid_prefix(p, "none") == 4
     p.write_bytes(b"")
-    assert valid_prefix(p, compressed=True) == 0
+    assert valid_prefix(p, "zstd") == 0
     frames, _ = good_frames(3)
     p.write_bytes(b"".join(frames))
-    assert valid_prefix(p, compressed=True) == len(b"".join(frames))
+    assert valid_prefix(p, "zstd") == len(b"".join(frames))
 
 
 # -- write failures --------------------------------------------------------------------------------
@@ -377,7 +381,7 @@ class FailingWrite:
 async def test_enospc_is_retry_leaves_no_partial_frame_and_the_retry_appends_to_a_clean_end(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, partial: int
 ) -> None:
-    sink = FileSink(cfg(tmp_path))
+    sink = FileSink(cfg(tmp_path), CTX)
     first = [b'{"n":%d}' % i for i in range(20)]
     await ship(sink, first)
     (tmp,) = temps(tmp_path)
@@ -396,7 +400,7 @@ async def test_enospc_is_retry_leaves_no_partial_frame_and_the_retry_appends_to_
     assert "ENOSPC" in outcome.reason and str(tmp_path) in outcome.reason
     # the file holds only whole frames: nothing of the failed batch
     assert tmp.stat().st_size == size_before
-    assert valid_prefix(tmp, compressed=True) == size_before
+    assert valid_prefix(tmp, "zstd") == size_before
     reply = await sink.send(req)  # the retry (the fake now passes writes through)
     assert isinstance(sink.classify(req, reply), Delivered)
     await sink.aclose()
@@ -408,7 +412,7 @@ async def test_enospc_is_retry_leaves_no_partial_frame_and_the_retry_appends_to_
 
 @pytest.mark.asyncio
 async def test_enospc_on_first_write_of_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sink = FileSink(cfg(tmp_path))
+    sink = FileSink(cfg(tmp_path), CTX)
     fake = FailingWrite(lambda: sink._fd)
     monkeypatch.setattr(sink_mod.os, "write", fake)
     req = encode_one(sink, [b'{"x":1}'])
@@ -427,7 +431,7 @@ async def test_enospc_on_first_write_of_a_file(tmp_path: Path, monkeypatch: pyte
 @pytest.mark.asyncio
 async def test_enospc_on_fsync_is_cut_back_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The write went through but the fsync reports ENOSPC (delayed allocation): the frame is taken out."""
-    sink = FileSink(cfg(tmp_path))
+    sink = FileSink(cfg(tmp_path), CTX)
     await ship(sink, [b'{"k":1}'])
     (tmp,) = temps(tmp_path)
     size_before = tmp.stat().st_size
@@ -466,7 +470,7 @@ async def test_enospc_on_fsync_is_cut_back_too(tmp_path: Path, monkeypatch: pyte
     ],
 )
 def test_classify_os_errors(tmp_path: Path, err: int, kind: type) -> None:
-    sink = FileSink(cfg(tmp_path))
+    sink = FileSink(cfg(tmp_path), CTX)
     req = encode_one(sink, [b'{"a":1}'])
     outcome = sink.classify(req, OSError(err, os.strerror(err)))
     assert isinstance(outcome, kind), outcome
@@ -474,7 +478,7 @@ def test_classify_os_errors(tmp_path: Path, err: int, kind: type) -> None:
 
 
 def test_classify_reply_and_other_exceptions(tmp_path: Path) -> None:
-    sink = FileSink(cfg(tmp_path))
+    sink = FileSink(cfg(tmp_path), CTX)
     req = encode_one(sink, [b'{"a":1}'])
     assert isinstance(sink.classify(req, Reply(200, {}, b"")), Delivered)
     other = sink.classify(req, RuntimeError("boom"))
@@ -484,12 +488,12 @@ def test_classify_reply_and_other_exceptions(tmp_path: Path) -> None:
 
 
 def test_encode_is_one_checksummed_frame(tmp_path: Path) -> None:
-    sink = FileSink(cfg(tmp_path, compression_level=1))
+    sink = FileSink(cfg(tmp_path, compression_level=1), CTX)
     req = encode_one(sink, [b"a", b"b"])
     assert req.raw_bytes == 4
     assert zstandard.get_frame_parameters(req.payload).has_checksum
     assert zstandard.ZstdDecompressor().decompress(req.payload) == b"a\nb\n"
-    plain = encode_one(FileSink(cfg(tmp_path / "p", compression="none")), [b"a", b"b"])
+    plain = encode_one(FileSink(cfg(tmp_path / "p", compression="none"), CTX), [b"a", b"b"])
     assert plain.payload == b"a\nb\n" and plain.raw_bytes == 4
 
 
@@ -498,7 +502,7 @@ async def test_engine_retries_enospc_and_each_batch_lands_once_in_order(tmp_path
     """Through the real SinkRunner: the disk is full for a while (some writes partial); the runner
     retries; the file ends up with every batch exactly once, whole frames, in order, all acknowledged."""
     out, state = tmp_path / "out", tmp_path / "state"
-    sink = FileSink(cfg(out))
+    sink = FileSink(cfg(out), CTX)
     rnd = random.Random(5)
     real_write = os.write
     failures = {"left": 6, "short": False}

@@ -9,8 +9,9 @@ import msgspec
 import pytest
 
 from kube_audit_shipper.config import parse
+from kube_audit_shipper.delivery.config import TlsConfig
 from kube_audit_shipper.errors import ConfigError
-from kube_audit_shipper.sinks.http.config import BasicAuth, TlsConfig
+from kube_audit_shipper.sinks.http.config import BasicAuth
 from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
 from kube_audit_shipper.sinks.loki.fields import FIELDS
 

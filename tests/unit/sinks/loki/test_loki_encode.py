@@ -18,6 +18,7 @@ from kube_audit_shipper.sinks.loki.event import TRIM_ANNOTATION, parse_ns
 from kube_audit_shipper.sinks.loki.sink import LokiSink
 from tests.support.corpus import corpus_lines, numbered_lines
 from tests.support.loki_wire import parse_labels, push_request_class
+from tests.support.sink_context import context
 
 PushRequest = push_request_class()
 START = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
@@ -25,7 +26,7 @@ Decoded = list[tuple[dict[str, str], list[tuple[int, str, dict[str, str]]]]]
 
 
 def make(**kw: Any) -> LokiSink:
-    return LokiSink(LokiSinkConfig(name="loki", url="http://127.0.0.1:3100", **kw), node="cp-1")
+    return LokiSink(LokiSinkConfig(name="loki", url="http://127.0.0.1:3100", **kw), context("/var/lib/kas"))
 
 
 def labels_of(text: str) -> dict[str, str]:
@@ -277,7 +278,10 @@ def test_the_sink_meets_the_contract() -> None:
     sink = make()
     assert isinstance(sink, Sink) and sink.max_concurrency == 1 and sink.name == "loki"
     assert sink.push_url == "http://127.0.0.1:3100/loki/api/v1/push"
-    assert LokiSink(LokiSinkConfig(name="l", url="http://loki:3100/loki/api/v1/push/"), node="n").push_url == "http://loki:3100/loki/api/v1/push"
+    assert (
+        LokiSink(LokiSinkConfig(name="l", url="http://loki:3100/loki/api/v1/push/"), context("/var/lib/kas", node="n")).push_url
+        == "http://loki:3100/loki/api/v1/push"
+    )
     assert make().encode([]) == []
     (req,) = make().encode([b"not json", b"[1,2]"])  # never from the pipeline; still encoded, never an exception
     assert [line for _, entries in decode(req) for _, line, _ in entries] == ["not json", "[1,2]"]

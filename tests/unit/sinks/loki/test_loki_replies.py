@@ -13,9 +13,11 @@ import msgspec
 import pytest
 
 from kube_audit_shipper.delivery.contract import Blocked, Delivered, Rejected, Reply, Request, Retry, Split
+from kube_audit_shipper.sinks.http.client import CredentialsError, TlsSetupError
 from kube_audit_shipper.sinks.loki.config import LokiSinkConfig
-from kube_audit_shipper.sinks.loki.replies import CredentialsError, TlsSetupError, reason_code, retry_after
+from kube_audit_shipper.sinks.loki.replies import reason_code, retry_after
 from kube_audit_shipper.sinks.loki.sink import LokiSink
+from tests.support.sink_context import context
 
 OOO_LABELS = {"case": "ooo", "job": "edge", "run": "r1"}
 OOO_STREAM = '{case="ooo", job="edge", run="r1", service_name="edge"}'
@@ -23,7 +25,9 @@ TEXT = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 def sink(labels: dict[str, str] | None = None, **kw: Any) -> LokiSink:
-    return LokiSink(LokiSinkConfig(name="loki", url="http://127.0.0.1:3100", labels=labels or OOO_LABELS, node_label="", label_fields=[], **kw), node="cp-1")
+    return LokiSink(
+        LokiSinkConfig(name="loki", url="http://127.0.0.1:3100", labels=labels or OOO_LABELS, node_label="", label_fields=[], **kw), context("/var/lib/kas")
+    )
 
 
 def event(audit_id: str, stamp: str, **extra: Any) -> bytes:
@@ -116,7 +120,9 @@ def test_verbatim_single_messages() -> None:
 
 
 def test_mixed_request_rejects_only_the_bad_stream() -> None:
-    s = LokiSink(LokiSinkConfig(name="loki", url="http://x:3100", labels={"job": "edge"}, node_label="", label_fields=["verb"]), node="n")
+    s = LokiSink(
+        LokiSinkConfig(name="loki", url="http://x:3100", labels={"job": "edge"}, node_label="", label_fields=["verb"]), context("/var/lib/kas", node="n")
+    )
     records = [event("ok", "2026-11-22T10:00:00Z", verb="get"), event("old", "2026-11-14T10:14:55Z", verb="list")]
     req = one_request(s, records)
     body = (

@@ -19,22 +19,24 @@ import zstandard
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError, SSLError
 
 from kube_audit_shipper.delivery.contract import Blocked, Delivered, Reply, Request, Retry, Sink
+from kube_audit_shipper.delivery.sink_state import SinkState
 from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
 from kube_audit_shipper.sinks.registry import build_sink
 from kube_audit_shipper.sinks.s3.config import S3SinkConfig
-from kube_audit_shipper.sinks.s3.errors import classify_error
+from kube_audit_shipper.sinks.s3.errors import classify_error, upload_gone
 from kube_audit_shipper.sinks.s3.keys import event_time
 from kube_audit_shipper.sinks.s3.sink import S3Sink
 from kube_audit_shipper.sinks.s3.staging import StagingFullError
 from kube_audit_shipper.sinks.s3.upload import Uploader, checksum_args
 from tests.support.corpus import numbered_lines
+from tests.support.sink_context import context
 
 T0 = datetime(2026, 11, 22, 9, 58, 0, tzinfo=timezone.utc)
 
 
 def make_sink(tmp: Path, **kw: object) -> S3Sink:
     cfg = msgspec.convert({"type": "s3", "name": "archive", "bucket": "audit-archive", "key_fields": {"cluster_id": "c1"}, **kw}, S3SinkConfig)
-    sink = build_sink(cfg, node="cp-1", state_dir=str(tmp / "state"))
+    sink = build_sink(cfg, context(tmp / "state"))
     assert isinstance(sink, S3Sink)
     return sink
 
@@ -45,7 +47,7 @@ def client_error(code: str, status: int, message: str = "m") -> ClientError:
 
 def test_it_is_a_sink(tmp_path: Path) -> None:
     sink = make_sink(tmp_path)
-    assert isinstance(sink, Sink) and sink.max_concurrency == 1 and sink.shutdown_timeout_s == 30.0
+    assert isinstance(sink, Sink) and sink.max_concurrency == 1 and sink.blocked_for_s() == 0.0
     assert sink.upload_state == "ok" and sink.upload_error is None and sink.staged_objects == 0
     assert sink.staging.dir == tmp_path / "state" / "s3" / "archive"
 
@@ -87,7 +89,7 @@ def test_gzip_frames_are_gzip_members(tmp_path: Path) -> None:
 
 def test_event_field_placeholder_travels_with_the_request(tmp_path: Path) -> None:
     cfg = msgspec.convert({"type": "s3", "name": "archive", "bucket": "audit-archive"}, S3SinkConfig)
-    sink = S3Sink(cfg, node="cp-1", state_dir=str(tmp_path))
+    sink = S3Sink(cfg, context(tmp_path))
     event = msgspec.json.encode({"cluster_id": "c-9", **msgspec.json.decode(numbered_lines(1)[0])})
     (req,) = sink.encode([event])
     assert req.meta["values"] == {"cluster_id": "c-9"}
@@ -99,7 +101,7 @@ def test_classify(tmp_path: Path) -> None:
     assert sink.classify(req, Reply(200, {}, b"")) == Delivered()
     full = sink.classify(req, StagingFullError("9 of 8 bytes staged"))
     assert isinstance(full, Retry) and full.reason.startswith("staging_full: 9 of 8 bytes staged; uploads ok")
-    sink.uploader.state, sink.uploader.error = "blocked", "PutObject: AccessDenied (HTTP 403)"
+    sink.uploader.health.set(SinkState.BLOCKED, "PutObject: AccessDenied (HTTP 403)")
     assert "uploads blocked (PutObject: AccessDenied" in sink.classify(req, StagingFullError("x")).reason  # type: ignore[union-attr]
     assert isinstance(sink.classify(req, OSError(errno.ENOSPC, "No space left on device")), Retry)
     assert isinstance(sink.classify(req, OSError(errno.EACCES, "Permission denied")), Blocked)
@@ -124,7 +126,6 @@ def test_classify(tmp_path: Path) -> None:
         (client_error("AuthorizationHeaderMalformed", 400), "blocked", "region"),
         (client_error("KMS.DisabledException", 400), "blocked", "KMS key"),
         (client_error("InvalidArgument", 400), "blocked", "InvalidArgument"),
-        (client_error("NoSuchUpload", 404), "restart", "NoSuchUpload"),
         (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), "retry", "EndpointConnectionError"),
         (ReadTimeoutError(endpoint_url="http://x"), "retry", "ReadTimeoutError"),
         (aiohttp.ServerDisconnectedError(), "retry", "ServerDisconnectedError"),
@@ -135,7 +136,14 @@ def test_classify(tmp_path: Path) -> None:
 )
 def test_s3_error_table(exc: BaseException, kind: str, words: str) -> None:
     got = classify_error(exc)
-    assert got is not None and got[0] == kind and words in got[1], got
+    assert isinstance(got, {"retry": Retry, "blocked": Blocked}[kind]) and words in got.reason, got
+    assert upload_gone(exc) is None
+
+
+def test_a_multipart_upload_gone_is_no_failure_but_a_restart() -> None:
+    assert (
+        upload_gone(client_error("NoSuchUpload", 404, "The specified upload does not exist")) == "NoSuchUpload (HTTP 404): The specified upload does not exist"
+    )
 
 
 def test_unknown_exceptions_are_not_classified() -> None:

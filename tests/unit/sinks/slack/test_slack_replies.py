@@ -11,6 +11,7 @@ from kube_audit_shipper.sinks.slack import replies
 from kube_audit_shipper.sinks.slack.config import SlackTargetConfig
 from kube_audit_shipper.sinks.slack.encode import BlocksEncoder
 from kube_audit_shipper.sinks.slack.sink import SlackSink
+from tests.support.sink_context import context
 from tests.unit.sinks.alerts.alerts import exec_alert, records
 
 SECRET_URL = "https://hooks.slack.com/services/T0/B0/secretpart"
@@ -66,6 +67,6 @@ def test_no_reason_carries_the_webhook_url() -> None:
 
 
 def test_a_transport_error_quoting_the_url_is_masked() -> None:
-    sink = SlackSink(SlackTargetConfig(name="s", webhook_url=SECRET_URL), node="cp-1")
+    sink = SlackSink(SlackTargetConfig(name="s", webhook_url=SECRET_URL), context("/var/lib/kas"))
     outcome = sink.classify(ONE, httpx.UnsupportedProtocol(f"Request URL {SECRET_URL} is not supported"))
     assert isinstance(outcome, Retry) and "secretpart" not in outcome.reason and "***" in outcome.reason

@@ -18,6 +18,7 @@ from kube_audit_shipper.sinks.sls.config import SlsSinkConfig
 from kube_audit_shipper.sinks.sls.shape import TRUNCATED_ANNOTATION, parse_time, shape
 from kube_audit_shipper.sinks.sls.sink import SlsSink, hash_key
 from tests.support.corpus import corpus_lines, numbered_lines
+from tests.support.sink_context import context
 
 
 def make_sink(**over: Any) -> SlsSink:
@@ -33,7 +34,7 @@ def make_sink(**over: Any) -> SlsSink:
         "source": "10.0.0.7",
     }
     spec.update(over)
-    return SlsSink(msgspec.convert(spec, SlsSinkConfig), node="cp-1", input_paths=["/var/log/kubernetes/audit/audit.log"])
+    return SlsSink(msgspec.convert(spec, SlsSinkConfig), context("/var/lib/kas", input_paths=["/var/log/kubernetes/audit/audit.log"]))
 
 
 def decode(request: Any, compression: str = "lz4") -> Any:
@@ -222,7 +223,7 @@ def test_split_halves_and_a_single_too_large_event_is_resent_minimal() -> None:
     assert [list(h.indices) for h in halves] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     (one,) = sink.encode([big_event(200_000)])
     assert sink.split(one, [big_event(200_000)]) == []  # not marked too large by the server: nothing to do
-    one.meta["split_code"] = "PostBodyTooLarge"
+    one.meta["too_large"] = True  # what send notes from a PostBodyTooLarge answer
     (minimal,) = sink.split(one, [big_event(200_000)])
     assert minimal.meta["minimal"] and list(minimal.indices) == [0]
     c = contents(decode(minimal)[0].Logs[0])
