@@ -22,7 +22,7 @@ Locate = Callable[[int], "tuple[str | None, int, int] | None"]  # record index -
 class Batch:
     """Records for one sink plus the input ranges they stand for, per file."""
 
-    __slots__ = ("nbytes", "oldest_read", "parts", "ranges", "records", "started")
+    __slots__ = ("left", "nbytes", "oldest_read", "parts", "ranges", "records", "started")
 
     def __init__(self, started: float) -> None:
         self.records: list[bytes] = []
@@ -31,6 +31,7 @@ class Batch:
         self.nbytes = 0
         self.started = started
         self.oldest_read = started
+        self.left: set[int] | None = None  # while being delivered: indices not yet delivered nor dead-lettered
 
     def locator(self, path_of: Callable[[int], str | None]) -> Locate:
         """Record index in the batch → (path, offset, length) of the input line it came from."""

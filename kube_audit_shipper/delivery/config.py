@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+#: the default bound of a sink's spool: minutes of an outage at a busy control plane's rate, on the node's disk
+DEFAULT_SPOOL_BYTES = 1 << 30
 #: the default size of a spool segment file (SpoolConfig, and a Spool opened without one)
 SPOOL_SEGMENT_BYTES = 64 << 20
 
@@ -39,9 +41,8 @@ class SpoolConfig(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
         msgspec.Meta(
             ge=1 << 20,
             description="disk bytes for batches the sink could not take yet (under state_dir/spool/<sink>); full: the reader waits",
-            examples=[1 << 30],
         ),
-    ]
+    ] = DEFAULT_SPOOL_BYTES
     segment_bytes: Annotated[int, msgspec.Meta(ge=1 << 20, description="size of one spool segment file")] = SPOOL_SEGMENT_BYTES
 
 
@@ -51,7 +52,13 @@ class SinkConfigBase(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_f
     name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="unique sink name (metrics label, state directory name)")]
     batch: Annotated[BatchConfig | None, msgspec.Meta(description="overrides the top-level batch block for this sink")] = None
     retry: Annotated[RetryConfig, msgspec.Meta(description="backoff between attempts of a failing batch")] = msgspec.field(default_factory=RetryConfig)
-    spool: Annotated[SpoolConfig | None, msgspec.Meta(description="absent: no spool (a failing sink holds the reader back at memory_limit_bytes)")] = None
+    spool: Annotated[
+        SpoolConfig | None,
+        msgspec.Meta(
+            description="a bounded disk spool, on by default: while the sink fails, batches go to disk and reading goes on (rotated files "
+            "are read before kube-apiserver deletes them); null: no spool (a failing sink holds the reader back at memory_limit_bytes)"
+        ),
+    ] = msgspec.field(default_factory=SpoolConfig)
     concurrency: Annotated[
         int, msgspec.Meta(ge=1, le=64, description="batches in flight at once; a sink that must keep batch order (file, loki, s3) takes only 1")
     ] = 1

@@ -49,7 +49,8 @@ class BackgroundTaskError(RuntimeError):
 
 
 class _Spill(Exception):
-    """A batch sent directly failed and the sink has a spool: it goes to the spool instead of waiting."""
+    """A batch sent directly failed and the sink has a spool: what is left of it goes to the spool instead of
+    waiting (the requests already delivered are not spooled, so they are not sent twice)."""
 
 
 class SinkRunner:
@@ -204,20 +205,35 @@ class SinkRunner:
         released = False
         try:
             started = time.monotonic()
+            records, locate, todo = self._undelivered(batch)
+            left = set(range(len(records)))
+            batch.left = {todo[k] for k in left}
             try:
-                await self.deliver_records(batch.records, batch.locator(self.path_of), spill=self.spooling is not None)
-            except _Spill:  # the sink failed and has a spool: park the batch there, the reader goes on
+                await self.deliver_records(records, locate, spill=self.spooling is not None, left=left)
+            except _Spill:  # the sink failed and has a spool: park what is left of the batch there, the reader goes on
+                batch.left = {todo[k] for k in left}
                 self.slots.release()
                 released = True
                 assert self.spooling is not None
-                await self.spooling.put(batch)
+                await self.spooling.put(batch, sorted(batch.left))
                 return
+            finally:
+                batch.left = {todo[k] for k in left}  # what a stop (cancelled here) leaves to spool or read again
             if self.metrics is not None:
                 self.metrics.shipped(self.name, len(batch.records), batch.nbytes, time.monotonic() - started, time.monotonic() - batch.oldest_read)
             self.ack(batch)
         finally:
             if not released:
                 self.slots.release()
+
+    def _undelivered(self, batch: Batch) -> tuple[list[bytes], Locate, list[int]]:
+        """The records of a batch still to deliver (all of them, unless an earlier attempt delivered some), how to
+        locate them, and their indices in the batch."""
+        locate = batch.locator(self.path_of)
+        if batch.left is None or len(batch.left) == len(batch.records):
+            return batch.records, locate, list(range(len(batch.records)))
+        todo = sorted(batch.left)
+        return [batch.records[i] for i in todo], lambda k: locate(todo[k]), todo
 
     # -- one batch of records, through every outcome ---------------------------------------------
     async def deliver(self, records: list[bytes]) -> None:
@@ -226,7 +242,9 @@ class SinkRunner:
         await self.deliver_records(records)
         self._raise_failure()
 
-    async def deliver_records(self, records: list[bytes], locate: Locate | None = None, *, spill: bool = False) -> None:
+    async def deliver_records(self, records: list[bytes], locate: Locate | None = None, *, spill: bool = False, left: set[int] | None = None) -> None:
+        """Every record delivered or dead-lettered. `left` (if given) loses the indices of each request once it is
+        settled: what a spill or a stop leaves of the batch."""
         while True:
             try:
                 requests, unencodable = await asyncio.to_thread(self._encoder.encode, records)
@@ -239,8 +257,12 @@ class SinkRunner:
                 await asyncio.sleep(self.backoff.blocked_s)
         if unencodable:
             await self._dead(records, list(unencodable), "cannot encode the record", unencodable, kind="unencodable", locate=locate)
+            if left is not None:
+                left.difference_update(unencodable)
         for request in requests:
             await self._until_done(request, records, time.monotonic(), locate, spill=spill)
+            if left is not None:
+                left.difference_update(request.indices)
 
     async def _until_done(self, request: Request, records: list[bytes], first_try: float, locate: Locate | None = None, *, spill: bool = False) -> None:
         attempt = 0

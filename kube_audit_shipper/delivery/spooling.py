@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -60,15 +60,20 @@ class SpoolSide:
             if self.spool.unacked_count:
                 self._wakeup.set()
 
-    def _meta(self, batch: Batch) -> bytes:
-        """Where each record was read ([path, offset, length] or null), kept with the batch in the spool."""
+    def _entry(self, batch: Batch, only: Sequence[int] | None) -> tuple[bytes, bytes]:
+        """The spool record of a batch (or of the records `only` of it): the records, and where each was read
+        ([path, offset, length] or null)."""
+        indices = range(len(batch.records)) if only is None else only
         locate = batch.locator(self.runner.path_of)
-        return msgspec.json.encode([locate(k) for k in range(len(batch.records))])
+        return b"\n".join(batch.records[k] for k in indices), msgspec.json.encode([locate(k) for k in indices])
 
-    async def put(self, batch: Batch) -> None:
-        """Spool the batch (waiting while the spool is full), then acknowledge it."""
-        payload = b"\n".join(batch.records)
-        meta = self._meta(batch)
+    async def put(self, batch: Batch, only: Sequence[int] | None = None) -> None:
+        """Spool the batch, or the records `only` of it that are not delivered yet (waiting while the spool is
+        full), then acknowledge the whole batch."""
+        if only is not None and not only:
+            self.runner.ack(batch)
+            return
+        payload, meta = self._entry(batch, only)
         warned = False
         while True:
             try:
@@ -92,8 +97,12 @@ class SpoolSide:
 
     async def keep(self, batch: Batch) -> bool:
         """At stop: spool a batch that was still in flight and acknowledge it; False when it does not fit."""
+        left = sorted(batch.left) if batch.left is not None else None  # a batch stopped midway: what it has not delivered
+        if left is not None and not left:
+            self.runner.ack(batch)
+            return True
         try:
-            await asyncio.to_thread(self.spool.append, b"\n".join(batch.records), self._meta(batch))
+            await asyncio.to_thread(self.spool.append, *self._entry(batch, left))
         except (SpoolFullError, RecordTooLargeError):
             return False
         self.runner.ack(batch)

@@ -72,7 +72,8 @@ def config_dict(tmp: Path, *, flaky: dict[str, Any] | None = None, **top: Any) -
             {"name": "archive", "type": "file", "path": str(tmp / "out")},
             # "flaky" is replaced by a FaultSink; its config (retry, spool, concurrency) is the engine's. Its type is
             # one that sends batches in any order (SLS), so concurrency above 1 is allowed; nothing is sent to it.
-            {"name": "flaky", **FLAKY_STAND_IN, "retry": {"initial_ms": 10, "max_ms": 100}, "concurrency": 2, **(flaky or {})},
+            # no spool unless a test gives one: most tests here are about retries and memory without one
+            {"name": "flaky", **FLAKY_STAND_IN, "retry": {"initial_ms": 10, "max_ms": 100}, "concurrency": 2, "spool": None, **(flaky or {})},
         ],
         "checkpoint": {"flush_interval_ms": 50},
         "metrics": {"listen": None},

@@ -185,7 +185,7 @@ def test_changing_a_failing_sink_restarts_the_pipeline_instead_of_stranding_its_
         "state_dir": str(tmp_path / "state"),
         "input": {"paths": [str(log)], "poll_interval_ms": 50},
         "batch": {"max_events": 50, "max_wait_ms": 50},
-        "sinks": [{"name": "a", "type": "file", "path": str(tmp_path / "out")}],
+        "sinks": [{"name": "a", "type": "file", "path": str(tmp_path / "out"), "spool": None}],  # no spool: nothing may be checkpointed
         "checkpoint": {"flush_interval_ms": 50},
         "metrics": {"listen": None},
         "shutdown_timeout_s": 0.3,
