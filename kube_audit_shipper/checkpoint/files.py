@@ -5,8 +5,10 @@ first bytes), its acknowledged offset, whether it is complete. `FileRecords` own
 - `lookup` matches a file found on disk to a saved record:
   1. same (dev, ino) and the head still hashes to the record's fingerprint: the same file, possibly renamed
      (rotation): resume at its offset;
-  2. same (dev, ino) but a different head: the inode was reused, or the file truncated and rewritten: a
-     new file, read from 0 (the stale record is retired);
+  2. same (dev, ino) but a different head (or the record is of a file that was empty and read to its end,
+     and the inode now holds content): the inode was reused, or the file truncated and rewritten: a new
+     file, read from 0. The stale record is kept until the scan is over (its content may turn up moved,
+     e.g. gzipped, under another inode: case 3); then, unless complete, it is reported lost and retired;
   3. another inode whose head hashes to the fingerprint of a record no live file holds, and the
      fingerprint covers a whole line or 1 KiB: the same content moved (kube-apiserver gzipped a backup,
      `audit-<ts>.log` -> `audit-<ts>.log.gz`, or it moved across devices): resume there;
@@ -55,6 +57,13 @@ class FileRecord(msgspec.Struct, kw_only=True):
         return (self.dev, self.ino)
 
 
+def _continues(record: FileRecord, head: bytes) -> bool:
+    """The file whose first bytes are `head`, on the record's inode, is the record's file (not a new one)."""
+    if record.fp_len == 0 and record.complete and head:
+        return False  # an empty file read to its end: content on its inode now is a new file's
+    return record.fingerprint.matches(head)
+
+
 class FileRecords:
     def __init__(self, records: list[FileRecord] | None, *, ledger: Ledger, forget_after_s: float, lost_grace_s: float) -> None:
         self.first_start = records is None
@@ -66,28 +75,24 @@ class FileRecords:
         self.lost_bytes = 0
         self._by_fid: dict[int, FileRecord] = {}
         self._drained_at: dict[int, int] = {}  # fid -> offset where the reader found the file's end
+        self._stale: dict[int, FileRecord] = {}  # id -> record whose inode a scan found holding another file
         self._scans = 0
 
     # -- matching ------------------------------------------------------------------------------------------
     def lookup(self, stat: FileStat, head: bytes) -> FileRecord | None:
         """The saved record `stat` continues, or None: a file to start (the caller decides where)."""
         held = {id(r) for r in self._by_fid.values()}
-        stale = False
         for r in self.records:
             if r.key == (stat.dev, stat.ino) and id(r) not in held:
-                if r.fingerprint.matches(head):
+                if _continues(r, head):
                     return r
-                stale = True
-        found = None
+                self._stale[id(r)] = r  # its inode holds another file now; retired after the scan unless claimed
         for r in self.records:
             if id(r) in held or r.key == (stat.dev, stat.ino):
                 continue
             if r.fp_len and r.fingerprint.distinctive(head) and r.fingerprint.matches(head):
-                found = r
-                break
-        if stale:  # the inode now holds other content: its old record goes
-            self.records = [r for r in self.records if r is found or id(r) in held or r.key != (stat.dev, stat.ino)]
-        return found
+                return r
+        return None
 
     # -- what the reader found -----------------------------------------------------------------------------
     def opened(self, fid: int, stat: FileStat, head: bytes, gz: bool, saved: FileRecord | None, offset: int, complete: bool) -> None:
@@ -180,7 +185,14 @@ class FileRecords:
         """The identities on disk now: records gone from disk are noted, lost ones reported, old ones forgotten."""
         now = time.time()
         held = {id(r) for r in self._by_fid.values()}
+        stale, self._stale = self._stale, {}
         for r in list(self.records):
+            if id(r) in stale and id(r) not in held:  # its inode holds another file now, and no moved copy claimed it
+                if not r.complete and not r.lost:
+                    why = "truncated or replaced" + (" while the agent was not running" if self._scans == 0 else " while not open")
+                    self.lost(r.path, max(0, r.size - r.offset), why)
+                self.records.remove(r)
+                continue
             if r.key in seen:
                 r.gone_since = None
                 continue

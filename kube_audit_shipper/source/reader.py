@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import zlib
 
-from kube_audit_shipper.model import Lines
+from kube_audit_shipper.model import FP_BYTES, Lines
 
 _GZ_READ = 256 * 1024
 
@@ -35,6 +35,7 @@ class LineReader:
         # gzip cannot seek: it decompresses up to `offset` at the first read, in the reader's thread
         self._seek_to = offset if gz else 0
         self.consumed = self.read_pos = 0 if gz else offset  # read_pos: content offset of the next byte to read
+        self.head = b""  # plain file read from offset 0: its first FP_BYTES bytes as this reader read them
 
     # -- raw content -----------------------------------------------------------------------------
     def _read_content(self, n: int) -> tuple[bytes, int, bool]:
@@ -95,6 +96,8 @@ class LineReader:
             return out
         base = self.read_pos
         self.read_pos += len(data)
+        if base < FP_BYTES and base == len(self.head) and not self.gz:
+            self.head += data[: FP_BYTES - base]
         self._split(data, base, out)
         out.end = self.consumed
         out.eof = len(data) < self.chunk_bytes and not self.gz

@@ -97,6 +97,12 @@ class Tailer:
         """Match what is on disk to tracked files and saved records. On the loop: it changes shared state,
         and its I/O is small (stat, open, reads of 1 KiB); seeking to an offset in a gzip file, the one slow
         step, happens at the first read, in the reader's thread."""
+        for tf in [tf for tf in self.files.values() if tf.fd is not None and not tf.gzip]:
+            # what each open file holds now (it may have grown from empty, or been copytruncated, then rotated and
+            # compressed since the last look): a new .gz is matched to it by content below
+            changed = self._changed_under_read(tf)
+            if changed is not None:
+                self._truncated(tf, changed)
         problems: list[Unreadable] = []
         found = discover(self.cfg.paths, self.cfg.exclude, problems)
         self._oldest_backup = {}
@@ -150,6 +156,8 @@ class Tailer:
     def _adopt(self, f: Found, problems: list[Unreadable]) -> None:
         try:
             fd = os.open(f.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # deleted (or renamed) since it was listed: the next scan sees what is there
+            return
         except OSError as exc:
             problems.append(Unreadable.of(f.path, exc))
             return
@@ -242,24 +250,45 @@ class Tailer:
             if st.st_size < tf.reader.read_pos:
                 self._truncated(tf, f"size {st.st_size} below read offset {tf.reader.read_pos}")
                 continue
-            if not self._refresh_fingerprint(tf):
+            if not self._check_head(tf):
                 self._truncated(tf, "first bytes changed")
                 continue
             self.index.resized(tf.fid, tf.size, tf.fingerprint)
             if st.st_size > tf.reader.read_pos:
                 tf.waiting = False
 
-    def _refresh_fingerprint(self, tf: TrackedFile) -> bool:
-        """Read a plain file's head again: False if it no longer starts with the fingerprinted bytes
-        (rewritten), else grow the fingerprint while the file is shorter than 1 KiB."""
+    def _check_head(self, tf: TrackedFile) -> bool:
+        """Read a plain file's head again: False if it no longer starts with the fingerprinted bytes, or with
+        the bytes the reader read at its start (rewritten: truncated and written again), else grow the
+        fingerprint while the file is shorter than 1 KiB."""
         if tf.gzip or tf.fd is None:
             return True
         head = os.pread(tf.fd, FP_BYTES, 0)
         if not tf.fingerprint.matches(head):
             return False
+        seen = tf.reader.head if tf.reader is not None else b""
+        common = min(len(seen), len(head))
+        if seen[:common] != head[:common]:
+            return False
         if len(head) > tf.fingerprint.length:
             tf.fingerprint = Fingerprint.of(head)
         return True
+
+    def _changed_under_read(self, tf: TrackedFile) -> str | None:
+        """After a read of a plain file: why what was read may not be the file's content (it was truncated, or
+        rewritten from its start, while or before it was read), or None."""
+        if tf.gzip or tf.fd is None or tf.reader is None:
+            return None
+        size = os.fstat(tf.fd).st_size
+        if size < tf.reader.read_pos:
+            return f"size {size} below read offset {tf.reader.read_pos}"
+        known = tf.fingerprint
+        if not self._check_head(tf):
+            return "first bytes changed"
+        if tf.fingerprint != known or size != tf.size:  # the record learns it now: the file may be gone (and gzipped) before the next poll
+            tf.size = size
+            self.index.resized(tf.fid, size, tf.fingerprint)
+        return None
 
     def _truncated(self, tf: TrackedFile, why: str) -> None:
         self.truncations += 1
@@ -319,8 +348,12 @@ class Tailer:
                 continue
             if self._read_failing.pop(tf.path, None) is not None:
                 self._set_unreadable({k: v for k, v in self.unreadable.items() if k != tf.path})
-            if not tf.fingerprint.full and tf.fd is not None:
-                self._refresh_fingerprint(tf)  # a mismatch is the poll's to handle (truncation)
+            if (lines.raw_bytes or lines.eof) and tf.fid in self.files:  # at eof too: never drain at an offset past a truncation
+                changed = self._changed_under_read(tf)
+                if changed is not None:  # what was read may mix old and new content: read the file again from 0
+                    self._truncated(tf, changed)
+                    progressed = True
+                    continue
             if lines.lines or lines.oversize:
                 progressed = True
                 await self.output.take(tf.fid, tf.path, lines)

@@ -7,6 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from kube_audit_shipper.checkpoint.files import FileRecord, FileRecords
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.model import FP_BYTES, FileStat, Fingerprint
@@ -51,6 +53,9 @@ def match_checkpoint(stat: FileStat, head: bytes, records: list[FileRecord], cla
         files.opened(fid, FileStat(r.path, r.dev, r.ino, r.size, 0.0), b"", r.gzip, r, r.offset, r.complete)
     before = len(files.records)
     got = files.lookup(stat, head)
+    if got is not None:
+        files.opened(len(records), stat, head, False, got, got.offset, got.complete)
+    files.present({(stat.dev, stat.ino)})  # the end of the scan: a stale record no moved copy claimed is retired
     return got, len(files.records) < before
 
 
@@ -76,6 +81,39 @@ def test_rule2_same_inode_rewritten_is_stale(tmp_path: Path) -> None:
     assert os.stat(p).st_ino == e.ino
     got, stale = match_checkpoint(fstat(p), head_of(p), [e], set())
     assert got is None and stale is True
+
+
+def test_a_stale_record_not_read_to_its_end_is_reported_lost(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Truncated (or replaced on the same inode) while the agent was not running: what was not read is lost, said."""
+    p = make(tmp_path / "audit.log", b'{"first":"file"}\n' * 10)
+    e = entry_for(p, offset=50)
+    e.size = p.stat().st_size
+    with p.open("r+b") as fh:
+        fh.truncate(0)
+        fh.write(b'{"second":"file"}\n' * 3)
+    files = FileRecords([e], ledger=Ledger([]), forget_after_s=60, lost_grace_s=1)
+    with caplog.at_level("ERROR"):
+        assert files.lookup(fstat(p), head_of(p)) is None
+        files.present({(e.dev, e.ino)})
+    assert files.records == [] and files.lost_files == 1 and files.lost_bytes == e.size - 50
+    assert any("truncated or replaced" in str(r.__dict__.get("why")) for r in caplog.records)
+
+
+def test_a_stale_record_keeps_until_the_scan_ends_so_its_moved_copy_is_found(tmp_path: Path) -> None:
+    """Two backups compressed in turn, the second .gz on the first one's freed inode: the first backup's record is
+    not retired when that .gz is seen, so its own .gz (found later in the scan) still resumes it."""
+    content1, content2 = corpus_bytes()[:3000], corpus_bytes()[3000:6000]
+    b1 = make(tmp_path / f"audit-{TS1}.log", content1)
+    r1 = entry_for(b1, offset=len(content1))
+    r1.complete = True
+    gz2 = tmp_path / "second.log.gz"
+    os.rename(b1, tmp_path / "gone")  # keep the inode: the other .gz takes it
+    (tmp_path / "gone").write_bytes(gzip.compress(content2))
+    os.rename(tmp_path / "gone", gz2)
+    gz1 = make(tmp_path / f"audit-{TS1}.log.gz", gzip.compress(content1))
+    files = FileRecords([r1], ledger=Ledger([]), forget_after_s=60, lost_grace_s=1)
+    assert files.lookup(fstat(gz2), head_of(gz2)) is None  # r1's inode, other content: stale, kept for now
+    assert files.lookup(fstat(gz1), head_of(gz1)) is r1  # its content moved: resumed, not read again
 
 
 def test_rule2_then_rule3_reports_stale_and_the_moved_entry(tmp_path: Path) -> None:
