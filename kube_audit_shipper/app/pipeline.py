@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 from kube_audit_shipper.app.build import build_detection, build_pool, cluster_of, load_transform, lock_state_dir
 from kube_audit_shipper.app.runners import RunnerGroup
 from kube_audit_shipper.app.tasks import Supervisor
-from kube_audit_shipper.checkpoint.files import FileRecords
+from kube_audit_shipper.checkpoint.files import FileRecord, FileRecords
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.checkpoint.store import CheckpointStore
 from kube_audit_shipper.config import Config
@@ -49,6 +50,9 @@ from kube_audit_shipper.stopping import StopClock
 
 log = logging.getLogger(__name__)
 
+#: without an alert target, this many alerts of each rule a minute are logged one by one; the rest are counted
+ALERT_LOGS_PER_RULE = 10
+
 CHECKPOINT_RETRY_MAX_S = 30.0  # backoff cap between checkpoint writes the state directory refuses
 BLOCKED_NOT_READY_S = 300.0  # a sink blocked this long makes the agent not ready
 
@@ -62,8 +66,16 @@ class Agent:
         sinks: list[Any] | None = None,
         notifier: Any = None,
         scrub: Callable[[str], str] | None = None,
+        resume: tuple[list[FileRecord], bytes | None] | None = None,
     ) -> None:
         self.cfg = cfg
+        # the last state of the pipeline this one replaces in the same process (a reload that restarts it): used
+        # instead of checkpoints.json, which may be older when the state directory refused the final write
+        self._resume = resume
+        self.last_state: tuple[list[FileRecord], bytes | None] | None = None  # the newest checkpoint taken with its dead letters durable
+        self._last_state_generation = 0
+        self._alert_log: dict[str, tuple[float, int, int]] = {}  # rule -> (minute started, logged, not logged)
+        self._last_state_lock = threading.Lock()
         self.scrub = scrub  # masks config secrets (and secret-looking text) in what the agent stores, e.g. dead-letter reasons
         self.state_writes = StateWrites()
         self.metrics = metrics or Metrics()
@@ -103,14 +115,15 @@ class Agent:
     # -- wiring ----------------------------------------------------------------------------------------------
     def _build(self) -> None:
         cfg = self.cfg
-        saved = self.store.load()
+        saved = self.store.load() if self._resume is None else self._resume[0]
+        saved_detection = self.store.detection if self._resume is None else self._resume[1]
         self.deadletter = DeadLetterStore(
             cfg.state_dir, max_bytes=cfg.deadletter.max_bytes, max_event_bytes=cfg.deadletter.max_event_bytes, state_writes=self.state_writes, scrub=self.scrub
         )
         self.detector = build_detection(cfg)
-        if self.detector is not None and self.store.detection is not None:
+        if self.detector is not None and saved_detection is not None:
             try:
-                for note in self.detector.restore(self.store.detection):
+                for note in self.detector.restore(saved_detection):
                     log.warning("detection state: %s", note)
             except ValueError as exc:
                 log.warning("the saved detection state cannot be restored; detection starts with empty windows", extra={"error": str(exc)})
@@ -179,10 +192,23 @@ class Agent:
                 self._log_alerts(alerts)
 
     def _log_alerts(self, alerts: Chunk) -> None:
-        """No alert target configured: the operator still hears of each alert, in the log."""
+        """No alert target configured: the operator still hears of alerts, in the log: the first ALERT_LOGS_PER_RULE
+        of each rule a minute, then how many more (they are all counted in kube_audit_shipper_alerts_raised_total).
+        Logging each one of a backlog that raises thousands would cost more than detecting them."""
+        now = time.monotonic()
         for record in alerts.records:
             alert = alert_decoder.decode(record)
-            log.warning("alert: %s", alert.summary, extra={"rule": alert.rule, "severity": alert.severity, "audit_ids": alert.audit_ids})
+            start, logged, more = self._alert_log.get(alert.rule, (now, 0, 0))
+            if now - start >= 60.0:
+                if more:
+                    log.warning("alerts not logged one by one (configure an alert target to receive them all)", extra={"rule": alert.rule, "alerts": more})
+                start, logged, more = now, 0, 0
+            if logged < ALERT_LOGS_PER_RULE:
+                logged += 1
+                log.warning("alert: %s", alert.summary, extra={"rule": alert.rule, "severity": alert.severity, "audit_ids": alert.audit_ids})
+            else:
+                more += 1
+            self._alert_log[alert.rule] = (start, logged, more)
 
     def emitted_offsets(self) -> dict[int, int]:
         """Per open file, the end of what has been handed on (where a sink added by a reload starts)."""
@@ -270,6 +296,9 @@ class Agent:
 
         def _write() -> None:
             deadletter.sync()  # records for lines the checkpoint moves past are durable first; raises if not
+            with self._last_state_lock:  # what a pipeline restarted in this process starts from (the newest)
+                if generation > self._last_state_generation:
+                    self._last_state_generation, self.last_state = generation, (snapshot, detection)
             try:
                 self.store.save(snapshot, generation, detection)
             except OSError as exc:
@@ -289,8 +318,9 @@ class Agent:
                 return True
             except OSError:  # counted and logged by state_writes
                 pass
-            with contextlib.suppress(asyncio.TimeoutError):  # (not the builtin TimeoutError before Python 3.11)
-                await asyncio.wait_for(self.stop_event.wait(), delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.stop_event.wait()
                 return False
             delay = min(CHECKPOINT_RETRY_MAX_S, delay * 2)
 
@@ -387,7 +417,11 @@ class Agent:
         """In data order: no more reads, runners flushed and their batches delivered (bounded), sinks closed,
         the final checkpoint."""
         assert self.stage is not None
-        await self.stage.drain()  # every read taken is handed on to the runners
+        # every read taken is handed on to the runners (bounded as the rest of the stop; what is not is read again)
+        if await StopClock(self.stop_event, self.force_stop, self.cfg.shutdown_timeout_s, drain=once and not self.stop_event.is_set()).wait(
+            {self.stage.drain()}
+        ):
+            await self.stage.abandon()
         with contextlib.suppress(OSError):  # counted and logged; the final write below tries again
             await self.write_checkpoint()  # whatever is acknowledged so far
         await self.sinks.stop()

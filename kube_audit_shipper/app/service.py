@@ -91,14 +91,17 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         reloads = loop.create_task(self._reload_on_request(), name="reloads")
         try:
+            resume = None
             while True:
-                self.agent = Agent(self.cfg, metrics=self.metrics, notifier=self.notifier, scrub=self.scrub)
+                self.agent = Agent(self.cfg, metrics=self.metrics, notifier=self.notifier, scrub=self.scrub, resume=resume)
                 rc = await self.agent.run(once=once)
                 if self._next_cfg is None and self.agent.restart_with is not None and not self._stopping:
                     self._next_cfg = self.agent.restart_with
                 if self._next_cfg is None:
                     self._notify("stopping")
                     return rc
+                # the new pipeline starts where this one ended, even if the state directory refused its final checkpoint
+                resume = self.agent.last_state if self._next_cfg.state_dir == self.cfg.state_dir else None
                 self.cfg, self._next_cfg = self._next_cfg, None
         finally:
             reloads.cancel()

@@ -60,8 +60,9 @@ async def cut_batches(queue: asyncio.Queue[Chunk | None], cfg: BatchConfig, flus
         else:
             timeout = batch.started + max_wait - time.monotonic()
             try:
-                chunk = await asyncio.wait_for(queue.get(), max(0.0, timeout))
-            except asyncio.TimeoutError:  # (not the builtin TimeoutError before Python 3.11)
+                async with asyncio.timeout(max(0.0, timeout)):
+                    chunk = await queue.get()
+            except TimeoutError:
                 await flush(batch)
                 batch = None
                 continue

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from kube_audit_shipper.cancelling import cancel_and_wait
 from kube_audit_shipper.checkpoint.ledger import Ledger
 from kube_audit_shipper.deadletter.store import DeadLetterStore
 from kube_audit_shipper.delivery.backoff import Backoff
@@ -393,21 +394,26 @@ class SinkRunner:
         (they are not acknowledged, so they are read again at the next start). With `drain_spool`
         (run --once) also wait until the spool is empty. Closes the spool. Returns batches abandoned."""
         abandoned = 0
-        if drain_spool and self.spooling is not None:
+        cancelled = False
+        try:
+            if drain_spool and self.spooling is not None:
+                if self._inflight:
+                    await asyncio.wait(list(self._inflight))
+                await self.spooling.drained(self._failed)
+                self._raise_failure()
             if self._inflight:
-                await asyncio.wait(list(self._inflight))
-            await self.spooling.drained(self._failed)
-            self._raise_failure()
-        if self._inflight:
-            _, pending = await asyncio.wait(list(self._inflight), timeout=timeout)
-            for task in pending:
-                batch = self._inflight.get(task)
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                if batch is not None and not (self.spooling is not None and await self.spooling.keep(batch)):
-                    abandoned += 1
-        if self.spooling is not None:
-            await self.spooling.close()
+                _, pending = await asyncio.wait(list(self._inflight), timeout=timeout)
+                for task in pending:
+                    batch = self._inflight.get(task)
+                    await cancel_and_wait(task)
+                    if batch is not None and not (self.spooling is not None and await self.spooling.keep(batch)):
+                        abandoned += 1
+        except asyncio.CancelledError:  # the caller calls finish again (time is up): the spool is still needed
+            cancelled = True
+            raise
+        finally:  # otherwise, whatever happened, the spool's lock is released: a pipeline restarted in this process opens it again
+            if self.spooling is not None and not cancelled:
+                await self.spooling.close()
         self._raise_failure()
         return abandoned
 
@@ -419,6 +425,5 @@ class SinkRunner:
         finally:
             background = self._background
             if background is not None and not background.done():
-                background.cancel()
-                await asyncio.gather(background, return_exceptions=True)
+                await cancel_and_wait(background)
         self._raise_failure()

@@ -103,7 +103,7 @@ class SpoolSide:
             return True
         try:
             await asyncio.to_thread(self.spool.append, *self._entry(batch, left))
-        except (SpoolFullError, RecordTooLargeError):
+        except (SpoolFullError, RecordTooLargeError, OSError):  # OSError: a full state_dir; the batch is read again at the next start
             return False
         self.runner.ack(batch)
         return True
@@ -112,15 +112,22 @@ class SpoolSide:
         """Return once the spool is empty (`run --once`), or a background task of the runner died."""
         while self.spool.unacked_count and not failed.is_set():
             self._wakeup.set()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(failed.wait(), DRAINED_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAINED_POLL_S):
+                    await failed.wait()
 
     async def close(self) -> None:
         """Stop the drainer and close the spool (acknowledgements made durable)."""
         if self._drainer is not None:
             self._drainer.cancel()
             await asyncio.gather(self._drainer, return_exceptions=True)
-        await asyncio.to_thread(self.spool.close)
+        try:
+            await asyncio.to_thread(self.spool.close)  # releases its lock whatever happens
+        except OSError as exc:  # a full or read-only state_dir: the acks of this run are not saved
+            log.error(
+                "the spool's acknowledgements could not be saved; batches it already delivered are sent again at the next start",
+                extra={"sink": self.runner.name, "error": str(exc)},
+            )
 
     async def _drain(self) -> None:
         """Send spooled batches oldest first, up to `concurrency` at a time, each holding a slot."""

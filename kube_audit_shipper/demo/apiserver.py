@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -67,7 +67,7 @@ def backup_name(path: str | os.PathLike[str], when: datetime) -> Path:
     """The backup path for ``path`` rotated at ``when`` (UTC, millisecond precision)."""
     path = Path(path)
     prefix, ext = _split(path)
-    utc = when.astimezone(timezone.utc) if when.tzinfo else when
+    utc = when.astimezone(UTC) if when.tzinfo else when
     return path.with_name(f"{prefix}-{utc:%Y-%m-%dT%H-%M-%S}.{utc.microsecond // 1000:03d}{ext}")
 
 
@@ -80,7 +80,7 @@ def _stamp_of(path: Path, candidate: str) -> datetime | None:
     for suffix in (ext + ".gz", ext):
         stamp = rest[: len(rest) - len(suffix)] if suffix and rest.endswith(suffix) else None if suffix else rest
         if stamp is not None and _STAMP.fullmatch(stamp):
-            return datetime.strptime(stamp, "%Y-%m-%dT%H-%M-%S.%f").replace(tzinfo=timezone.utc)
+            return datetime.strptime(stamp, "%Y-%m-%dT%H-%M-%S.%f").replace(tzinfo=UTC)
     return None
 
 
@@ -140,7 +140,7 @@ class RotatingAuditWriter:
         self.path = Path(path)
         self.max_bytes, self.max_backups, self.compress, self.fsync = max_bytes, max_backups, compress, fsync
         self.rotations = 0
-        self._clock = clock if clock is not None else (lambda: datetime.now(timezone.utc))
+        self._clock = clock if clock is not None else (lambda: datetime.now(UTC))
         self._fd: int | None = None
         self._size = 0
         self._last_stamp: datetime | None = None
@@ -264,7 +264,7 @@ class RotatingAuditWriter:
     def _backup_path(self) -> Path:
         """Now (from the clock), advanced by 1 ms steps past any existing backup, so names stay unique and sorted."""
         now = self._clock()
-        now = now.astimezone(timezone.utc) if now.tzinfo else now.replace(tzinfo=timezone.utc)
+        now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
         stamp = now.replace(microsecond=now.microsecond // 1000 * 1000)
         existing = list_backups(self.path)
         floor = [s + _MS for s in (self._last_stamp, _stamp_of(self.path, existing[-1].name) if existing else None) if s is not None]
@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     start = None
     if args.start_time == "now":
-        start = datetime.now(timezone.utc)
+        start = datetime.now(UTC)
     elif args.start_time:
         start = datetime.fromisoformat(args.start_time.replace("Z", "+00:00"))
     stop = threading.Event()

@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -45,7 +45,7 @@ from kube_audit_shipper.demo.request import Actor, ApiRequest
 
 __all__ = ["DEFAULT_START_TIME", "AuditEventGenerator", "EventMix"]
 
-DEFAULT_START_TIME = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc)
+DEFAULT_START_TIME = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 """Used when no ``start_time`` is given, so that the output depends on the seed alone."""
 
 _KV, _OS = "v1.31.0", "(linux/amd64) kubernetes/9edcffc"
@@ -278,7 +278,7 @@ class AuditEventGenerator:
         start = DEFAULT_START_TIME if start_time is None else start_time
         if start.tzinfo is None:
             raise ValueError("start_time must be timezone-aware")
-        since = start - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        since = start - datetime(1970, 1, 1, tzinfo=UTC)
         self.seed, self.mix = seed, EventMix() if mix is None else mix
         self._rng = rng = random.Random(seed)
         self._rand, self._encode = rng.random, msgspec.json.Encoder().encode

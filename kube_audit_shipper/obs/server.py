@@ -29,7 +29,8 @@ class ObsServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            async with asyncio.timeout(10):
+                request = await reader.readuntil(b"\r\n\r\n")
             method, _, rest = request.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
             target = rest.split(" ", 1)[0].split("?", 1)[0]
             if method not in ("GET", "HEAD"):

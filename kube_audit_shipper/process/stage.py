@@ -88,6 +88,7 @@ class Stage:
         self._slots = asyncio.Semaphore(self._inflight_reads)
         self._gate = asyncio.Lock()  # held to hand a read in; snapshot and swap hold it with the pipeline empty
         self._tail: asyncio.Task[None] | None = None  # the hand-on of the last read taken: each awaits the one before
+        self._hand_ons: set[asyncio.Task[None]] = set()  # every hand-on not done yet
         self._failed: BaseException | None = None
         self._retired: set[int] = set()  # fids truncated while reads of them were in the pipeline
         self.pooled_reads = 0  # reads shaped by worker processes
@@ -111,6 +112,8 @@ class Stage:
             self.budget.charge(reserved)
             work = asyncio.ensure_future(self._work(fid, path, lines, detect_from, pending))
             self._tail = asyncio.get_running_loop().create_task(self._hand_on_in_turn(self._tail, fid, path, work, reserved), name="stage-hand-on")
+            self._hand_ons.add(self._tail)
+            self._tail.add_done_callback(self._hand_ons.discard)
         self._update_room()
 
     async def _work(self, fid: int, path: str, lines: Lines, detect_from: int, pending: list[bytes]) -> Processed:
@@ -175,6 +178,15 @@ class Stage:
         """Until every read taken so far is handed on."""
         while self._tail is not None and not self._tail.done():
             await asyncio.wait({self._tail})
+
+    async def abandon(self) -> None:
+        """A stop that cannot wait: reads not handed on yet are dropped (nothing acknowledged them: they are read
+        again at the next start)."""
+        pending = list(self._hand_ons)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
 
     def _process(self, fid: int, path: str, lines: Lines, detect_from: int, pending: list[bytes]) -> Processed:
         """The stage's thread: the CPU work."""
@@ -292,9 +304,7 @@ class Stage:
         self._update_room()
 
     async def aclose(self) -> None:
-        if self._tail is not None and not self._tail.done():
-            self._tail.cancel()
-            await asyncio.wait({self._tail})
+        await self.abandon()
         if self.pool is not None:
             await asyncio.to_thread(self.pool.close)
         self._thread.shutdown(wait=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def config(tmp: Path, url: str, **sink: Any) -> Config:
 
 
 def generated(n: int, seed: int = 4) -> list[bytes]:
-    return list(AuditEventGenerator(seed, start_time=datetime.now(timezone.utc) - timedelta(minutes=30)).lines(n))
+    return list(AuditEventGenerator(seed, start_time=datetime.now(UTC) - timedelta(minutes=30)).lines(n))
 
 
 def ids(lines: list[str] | list[bytes]) -> list[str]:

@@ -7,7 +7,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ FAST = RetryConfig(initial_ms=1, max_ms=20)
 
 
 def recent(n: int, seed: int = 1, **mix: Any) -> list[bytes]:
-    start = datetime.now(timezone.utc) - timedelta(minutes=20)
+    start = datetime.now(UTC) - timedelta(minutes=20)
     return list(AuditEventGenerator(seed, start_time=start, mix=EventMix(**mix) if mix else None).lines(n))
 
 
@@ -244,7 +244,7 @@ def test_a_400_dead_letters_only_what_loki_refused_and_the_rest_is_not_sent_agai
 
 
 def test_entries_too_far_behind_are_dead_lettered(loki_server: LokiServer, tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     newer = list(AuditEventGenerator(5, start_time=now - timedelta(minutes=5)).lines(50))
     older = list(AuditEventGenerator(6, start_time=now - timedelta(hours=3)).lines(30))
     assert ship(make(loki_server.url, label_fields=[]), newer, tmp_path / "a") == []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def config(tmp: Path, server: SeaweedS3, bucket: str, **sink: Any) -> Any:
 def test_run_once_ships_every_event_to_objects(s3_server: SeaweedS3, tmp_path: Path) -> None:
     bucket = asyncio.run(new_bucket(s3_server.endpoint))
     log = tmp_path / "log" / "audit.log"
-    gen = AuditEventGenerator(seed=21, start_time=datetime(2026, 11, 22, 10, 30, tzinfo=timezone.utc))
+    gen = AuditEventGenerator(seed=21, start_time=datetime(2026, 11, 22, 10, 30, tzinfo=UTC))
     first = numbered_lines(900, prefix="e2e")
     second = list(gen.lines(3000))
     append(log, first)
@@ -62,7 +62,7 @@ def test_run_once_ships_every_event_to_objects(s3_server: SeaweedS3, tmp_path: P
 async def test_stop_uploads_what_is_staged(s3_server: SeaweedS3, tmp_path: Path) -> None:
     bucket = await new_bucket(s3_server.endpoint)
     log = tmp_path / "log" / "audit.log"
-    lines = list(AuditEventGenerator(seed=22, start_time=datetime(2026, 11, 22, 11, 0, tzinfo=timezone.utc)).lines(2000))
+    lines = list(AuditEventGenerator(seed=22, start_time=datetime(2026, 11, 22, 11, 0, tzinfo=UTC)).lines(2000))
     append(log, lines[:1000])
     async with Running(config(tmp_path, s3_server, bucket, object_max_age_s=3600)) as running:
         sink = running.agent.runners[0].sink

@@ -14,7 +14,7 @@ import re
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,7 @@ async def test_objects_round_trip_real_and_generated_events(s3_server: SeaweedS3
     ext = "zst" if codec == "zstd" else "gz"
     template = f"audit/cluster={{cluster_id}}/dt=%Y-%m-%d/hour=%H/{{node}}-{{first_ts}}-{{seq}}.ndjson.{ext}"
     sink = make_sink(s3_server, bucket, tmp_path, compression=codec, key_template=template)
-    gen = AuditEventGenerator(seed=5, start_time=datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc))
+    gen = AuditEventGenerator(seed=5, start_time=datetime(2026, 11, 22, 10, 0, tzinfo=UTC))
     lines = numbered_lines(700, prefix="rt") + list(gen.lines(1500))
     async with working(sink):
         await stage(sink, lines)
@@ -101,7 +101,7 @@ async def test_objects_round_trip_real_and_generated_events(s3_server: SeaweedS3
 async def test_keys_and_partitions_follow_each_objects_first_event(s3_server: SeaweedS3, tmp_path: Path) -> None:
     bucket = await new_bucket(s3_server.endpoint)
     sink = make_sink(s3_server, bucket, tmp_path)
-    start = datetime(2026, 11, 22, 9, 40, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 22, 9, 40, tzinfo=UTC)
     lines = list(AuditEventGenerator(seed=8, start_time=start, mix=EventMix(events_per_second=0.5)).lines(3000))  # ~100 min
     async with working(sink):
         await stage(sink, lines, batch=250)
@@ -272,7 +272,7 @@ async def test_the_object_sealed_at_stop_is_uploaded_whenever_the_uploader_looks
 
 async def test_staged_objects_left_by_a_crash_are_uploaded_at_start_once(s3_server: SeaweedS3, tmp_path: Path) -> None:
     bucket = await new_bucket(s3_server.endpoint)
-    lines = list(AuditEventGenerator(seed=11, start_time=datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)).lines(1200))
+    lines = list(AuditEventGenerator(seed=11, start_time=datetime(2026, 11, 22, 10, 0, tzinfo=UTC)).lines(1200))
 
     def crashed_run() -> S3Sink:  # what send() does, in a process that dies before any upload
         sink = make_sink(s3_server, bucket, tmp_path)  # its background work is not run: no upload

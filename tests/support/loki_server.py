@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -457,7 +457,7 @@ def recent_corpus(lines: list[bytes], *, end_ns: int | None = None, step_ns: int
     for k, line in enumerate(lines):
         event = msgspec.json.decode(line)
         ts = end - (len(lines) - k) * step_ns
-        stamp = datetime.fromtimestamp(ts // 10**9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{ts % 10**9 // 1000:06d}Z"
+        stamp = datetime.fromtimestamp(ts // 10**9, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ts % 10**9 // 1000:06d}Z"
         for key in ("stageTimestamp", "requestReceivedTimestamp", "timestamp"):
             if key in event or key == "stageTimestamp":
                 event[key] = stamp

@@ -17,7 +17,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import cramjam
@@ -110,12 +110,12 @@ def labels_string(labels: list[tuple[str, str]]) -> str:
 
 
 def rfc3339(ns: int) -> str:
-    return datetime.fromtimestamp(ns // 1_000_000_000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def go_time(ns: int) -> str:
     """Go's Time.String() in UTC: `2026-11-22 08:14:55.882227707 +0000 UTC` (fraction without trailing zeros)."""
-    base = datetime.fromtimestamp(ns // 1_000_000_000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    base = datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%d %H:%M:%S")
     frac = f"{ns % 1_000_000_000:09d}".rstrip("0")
     return f"{base}{'.' + frac if frac else ''} +0000 UTC"
 

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ def bulky_lines(n: int, *, prefix: str) -> list[bytes]:
     Request-level create of a TLS Secret does: ~4.5 KB per line that zstd cannot shrink much, so objects
     reach multipart sizes with a few thousand events. Times: 10 ms apart from 2026-11-22T10:00:00Z (one hour)."""
     rng = random.Random(prefix)
-    start = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
+    start = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
     out = []
     for i, line in enumerate(numbered_lines(n, prefix=prefix)):
         event = msgspec.json.decode(line)
@@ -247,6 +247,7 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._serve, name="s3-fault-proxy", daemon=True)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []  # every stream it made, closed before its loop is
 
     def __enter__(self) -> FaultProxy:
         self._thread.start()
@@ -257,7 +258,8 @@ class FaultProxy:
         for fault in self.faults:
             fault.released.set()
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the fault proxy did not stop"
 
     def add(self, fault: Fault) -> Fault:
         with self._lock:
@@ -277,6 +279,9 @@ class FaultProxy:
                     task.cancel()
                 self._loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
             self._loop.run_until_complete(self._server.wait_closed())
+            for w in self._writers:  # a stream left open would be reported by the garbage collector in a later test
+                w.close()
+            self._loop.run_until_complete(asyncio.sleep(0))
             self._loop.close()
 
     def _match(self, op: str) -> Fault | None:
@@ -294,6 +299,7 @@ class FaultProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.append(cwriter)
         try:
             await self._forward(creader, cwriter)
         except asyncio.CancelledError:  # the proxy is stopping
@@ -307,6 +313,7 @@ class FaultProxy:
         except BaseException:  # upstream refused, or the proxy stopping: the client's connection is closed all the same
             cwriter.close()
             raise
+        self._writers.append(uwriter)
         pipe = asyncio.create_task(self._pipe(ureader, cwriter))
         try:
             while True:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _TIMESTAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:?\d{2})?")
@@ -77,7 +77,7 @@ def format_time(seconds: float) -> str:
     micros = round(seconds * 1_000_000)
     whole, micro = divmod(micros, 1_000_000)
     try:
-        stamp = datetime.fromtimestamp(whole, tz=timezone.utc)
+        stamp = datetime.fromtimestamp(whole, tz=UTC)
     except (OverflowError, OSError, ValueError):
         return "1970-01-01T00:00:00.000000Z"
     return f"{stamp:%Y-%m-%dT%H:%M:%S}.{micro:06d}Z"

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import zstandard
@@ -102,7 +102,7 @@ class FileSink(Sink):
         return Retry(f"{type(result).__name__}: {result}")
 
     def _open(self) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self._seq += 1
         stamp = now.strftime("%Y%m%dT%H%M%S.%f")
         name = f".{self.cfg.file_prefix}-{stamp}Z-{self._seq:04d}{self.suffix}.tmp"

@@ -85,7 +85,8 @@ class HttpClient:
         if self._token is not None:
             sent["Authorization"] = f"Bearer {self._token.read()}"
         call = client.request(method, url, content=content or None, headers=sent, params=dict(params) if params else None)
-        response = await asyncio.wait_for(call, self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):
+            response = await call
         return Reply(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:

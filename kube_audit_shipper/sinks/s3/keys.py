@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import msgspec
@@ -59,9 +59,9 @@ def event_time(record: bytes) -> datetime | None:
     if ts is None:
         return None
     if ts.tzinfo is None:
-        return ts.replace(tzinfo=timezone.utc)
+        return ts.replace(tzinfo=UTC)
     try:
-        return ts.astimezone(timezone.utc)
+        return ts.astimezone(UTC)
     except OverflowError:  # year 1 or 9999 in a zone that moves it out of range
         return None
 

@@ -29,7 +29,7 @@ import logging
 import time
 import zlib
 from collections.abc import Awaitable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import zstandard
@@ -127,7 +127,7 @@ class S3Sink(Sink):
         An event older than the run it follows (kube-apiserver writes nearly, not strictly, in time order)
         stays in that run rather than starting a one-event object in an earlier partition."""
         out: list[tuple[int, int, datetime, str]] = []
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         start, first, part, prev = 0, now, "", now
         keys, step = self.keys, self.keys.granularity_s
         cached_slot, cached = -1, ""  # strftime only when the time leaves the last partition-sized slot
@@ -206,8 +206,9 @@ class S3Sink(Sink):
                 if staging.next_sealed() is not None or self._draining:
                     continue
                 try:
-                    await asyncio.wait_for(self._wake.wait(), staging.seconds_to_seal())
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(staging.seconds_to_seal()):
+                        await self._wake.wait()
+                except TimeoutError:
                     await self._contained(asyncio.to_thread(staging.seal_if_old))
         finally:
             self._worker = None
@@ -264,8 +265,9 @@ class S3Sink(Sink):
             if self._worker is not None:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    await asyncio.wait_for(self._worker_done.wait(), left)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(left):
+                        await self._worker_done.wait()
+                except TimeoutError:
                     await self._stop_worker()
             if self.staging.objects:
                 log.error(

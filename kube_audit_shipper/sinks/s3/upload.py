@@ -268,7 +268,8 @@ class Uploader:
         """Stopping mid-upload: abort it now if that is quick; else the next start's recovery does."""
         try:
             client = await self.client()
-            await asyncio.wait_for(client.abort_multipart_upload(Bucket=self.cfg.bucket, Key=key, UploadId=upload_id), ABORT_ON_CANCEL_TIMEOUT_S)
+            async with asyncio.timeout(ABORT_ON_CANCEL_TIMEOUT_S):
+                await client.abort_multipart_upload(Bucket=self.cfg.bucket, Key=key, UploadId=upload_id)
             self.multipart_aborted += 1
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 (best effort only)
             log.info("could not abort an interrupted multipart upload; the next start will", extra={"sink": self.sink_name, "key": key, "reason": repr(exc)})

@@ -29,7 +29,7 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import formatdate
 from urllib.parse import quote
 
@@ -251,7 +251,7 @@ class CredentialSource:
 
 
 def v4_timestamp(epoch_s: float) -> str:
-    return datetime.fromtimestamp(int(epoch_s), timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return datetime.fromtimestamp(int(epoch_s), UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def sign_request(

@@ -7,7 +7,7 @@ import json
 import os
 import stat
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from kube_audit_shipper.demo.apiserver import (
 from kube_audit_shipper.demo.events import AuditEventGenerator, EventMix
 from tests.support.rotated_logs import all_ids, read_lines
 
-T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 
 
 def ticking(step: timedelta = timedelta(seconds=1), start: datetime = T0) -> Callable[[], datetime]:
@@ -50,7 +50,7 @@ def test_rotation_names_order_and_no_split_lines(tmp_path: Path) -> None:
 
 
 def test_backup_names_follow_go_filepath_ext() -> None:
-    when = datetime(2026, 11, 22, 10, 0, 0, 123_999, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 22, 10, 0, 0, 123_999, tzinfo=UTC)
     assert backup_name("/v/kubernetes.audit", when) == Path("/v/kubernetes-2026-11-22T10-00-00.123.audit")
     assert backup_name("/v/audit", when) == Path("/v/audit-2026-11-22T10-00-00.123")
     assert backup_name("/v/a.b.log", when) == Path("/v/a.b-2026-11-22T10-00-00.123.log")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 
 import pytest
@@ -54,7 +54,7 @@ BODY_VERBS = {"create", "update", "patch", "delete"}
 
 
 def _parse(ts: str) -> datetime:
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_timestamps_start_at_start_time_and_advance(sample: list[tuple[bytes, di
     assert DEFAULT_START_TIME <= stages[0] < DEFAULT_START_TIME + timedelta(seconds=1)
     for _, ev in sample:
         assert DEFAULT_START_TIME <= _parse(ev["requestReceivedTimestamp"]) <= _parse(ev["stageTimestamp"])
-    start = datetime(2030, 1, 2, 3, 4, 5, 678_000, tzinfo=timezone.utc)
+    start = datetime(2030, 1, 2, 3, 4, 5, 678_000, tzinfo=UTC)
     first = AuditEventGenerator(1, start_time=start).event()
     assert start <= _parse(first["stageTimestamp"]) < start + timedelta(seconds=1)
     with pytest.raises(ValueError):

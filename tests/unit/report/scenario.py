@@ -10,7 +10,7 @@ fields changed, so their shape is what kube-apiserver writes.
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -19,7 +19,7 @@ import msgspec
 from kube_audit_shipper.demo.events import AuditEventGenerator
 from tests.support.corpus import corpus_lines
 
-START = datetime(2026, 11, 22, 10, 0, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 22, 10, 0, 0, tzinfo=UTC)
 XSS_UA = '<script>alert("ua")</script>'
 XSS_POD = '"><img src=x onerror=alert(1)>'
 XSS_USER = "'><iframe src=//attacker.example/x></iframe>"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -68,7 +68,7 @@ def test_timeline_widens_and_resamples_without_losing_counts() -> None:
     assert timeline.resample("absent", 20)[0] == [0] * len(bars)
 
 
-_NOON = datetime(2026, 11, 22, 10, 0, 3, tzinfo=timezone.utc).timestamp()
+_NOON = datetime(2026, 11, 22, 10, 0, 3, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -103,8 +103,8 @@ def test_time_bounds() -> None:
     assert parse_bound("24h", now) == now - 86_400
     assert parse_bound("1h30m", now) == now - 5_400
     assert parse_bound("7d", now) == now - 7 * 86_400
-    assert parse_bound("2026-11-22", now) == datetime(2026, 11, 22, tzinfo=timezone.utc).timestamp()
-    assert parse_bound("2026-11-22T10:00:00+01:00", now) == datetime(2026, 11, 22, 9, tzinfo=timezone.utc).timestamp()
+    assert parse_bound("2026-11-22", now) == datetime(2026, 11, 22, tzinfo=UTC).timestamp()
+    assert parse_bound("2026-11-22T10:00:00+01:00", now) == datetime(2026, 11, 22, 9, tzinfo=UTC).timestamp()
     with pytest.raises(ValueError, match="neither an RFC 3339 time"):
         parse_bound("last tuesday", now)
     with pytest.raises(ValueError, match="before"):

@@ -84,7 +84,7 @@ RESULTS: list[Callable[[], Reply | BaseException]] = [
     lambda: Reply(503, {}, b"<html>unavailable</html>"),
     lambda: httpx.ConnectError("connection refused"),
     lambda: httpx.ReadTimeout("slow"),
-    lambda: asyncio.TimeoutError(),
+    lambda: TimeoutError(),
     tls_error,
     lambda: TlsSetupError("cannot load the TLS files"),
     lambda: CredentialsError("cannot read bearer_token_file /x"),

@@ -4,12 +4,12 @@ output), for the alert target tests: one-off detections, an aggregate, and a str
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kube_audit_shipper.model import Alert, AlertWindow, alert_encoder
 
-T0 = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=UTC)
 USERS = ["alice@example.com", "bob", "kubernetes-admin", "system:serviceaccount:ci:deployer", "dev_ops*team"]
 NAMESPACES = ["default", "payments", "kube-system", "team-a"]
 COMMANDS = ["sh -c id", "bash", "cat /etc/shadow", "curl -s http://169.254.169.254/latest/meta-data/", "python3 -c 'import os; os.system(\"id\")'"]

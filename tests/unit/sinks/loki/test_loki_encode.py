@@ -4,7 +4,7 @@ as JSON; streams, labels, lines, nanosecond timestamps, structured metadata, ord
 from __future__ import annotations
 
 import gzip
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import cramjam
@@ -21,7 +21,7 @@ from tests.support.loki_wire import parse_labels, push_request_class
 from tests.support.sink_context import context
 
 PushRequest = push_request_class()
-START = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
+START = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 Decoded = list[tuple[dict[str, str], list[tuple[int, str, dict[str, str]]]]]
 
 
@@ -94,7 +94,7 @@ def test_timestamps_have_nanosecond_precision_and_fallbacks() -> None:
         {"auditID": "e", "stageTimestamp": "2018-10-25T13:58:49.736141Z"},
         {"auditID": "f", "stageTimestamp": "not a time"},
     ]
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     got = by_index(make().encode([msgspec.json.encode(e) for e in events]))
     ts = [got[i][1] for i in range(len(events))]
     assert ts[0] == 1795341600_123456789

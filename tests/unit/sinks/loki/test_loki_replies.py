@@ -4,7 +4,7 @@ and on transport errors. Each per-entry message is mapped back to the exact reco
 from __future__ import annotations
 
 import ssl
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -209,7 +209,7 @@ def test_500_too_large_splits_other_5xx_retry() -> None:
 
 def test_retry_after_forms() -> None:
     assert retry_after({"retry-after": "2.5"}) == 2.5
-    when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     after = retry_after({"Retry-After": when})
     assert after is not None and 25 <= after <= 31
     assert retry_after({"Retry-After": "soon"}) is None and retry_after({}) is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -12,7 +12,7 @@ from kube_audit_shipper.sinks.s3.keys import KeyTemplate, event_time, format_seq
 from tests.support.corpus import corpus_lines
 
 DEFAULT = "audit/cluster={cluster_id}/dt=%Y-%m-%d/hour=%H/{node}-{first_ts}-{seq}.ndjson.zst"
-T = datetime(2026, 11, 22, 9, 5, 7, 123456, tzinfo=timezone.utc)
+T = datetime(2026, 11, 22, 9, 5, 7, 123456, tzinfo=UTC)
 
 
 def test_default_template_renders_from_the_first_event_time() -> None:
@@ -67,9 +67,9 @@ def test_event_time_from_real_and_generated_events() -> None:
         event = msgspec.json.decode(line)
         t = event_time(line)
         assert (t is not None) == any(k in event for k in ("stageTimestamp", "requestReceivedTimestamp", "timestamp"))
-        assert t is None or t.tzinfo is timezone.utc
-    assert event_time(b'{"requestReceivedTimestamp":"2026-11-22T09:05:07.000001Z"}') == datetime(2026, 11, 22, 9, 5, 7, 1, tzinfo=timezone.utc)
-    assert event_time(b'{"stageTimestamp":"2026-11-22T10:05:07+01:00"}') == datetime(2026, 11, 22, 9, 5, 7, tzinfo=timezone.utc)
+        assert t is None or t.tzinfo is UTC
+    assert event_time(b'{"requestReceivedTimestamp":"2026-11-22T09:05:07.000001Z"}') == datetime(2026, 11, 22, 9, 5, 7, 1, tzinfo=UTC)
+    assert event_time(b'{"stageTimestamp":"2026-11-22T10:05:07+01:00"}') == datetime(2026, 11, 22, 9, 5, 7, tzinfo=UTC)
     assert event_time(b'{"stageTimestamp":12}') is None
     assert event_time(b"[1]") is None
 

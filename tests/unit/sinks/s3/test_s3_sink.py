@@ -3,13 +3,12 @@ the S3 error table, checksums and the per-object request parameters."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import errno
 import hashlib
 import io
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -31,7 +30,7 @@ from kube_audit_shipper.sinks.s3.upload import Uploader, checksum_args
 from tests.support.corpus import numbered_lines
 from tests.support.sink_context import context
 
-T0 = datetime(2026, 11, 22, 9, 58, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 9, 58, 0, tzinfo=UTC)
 
 
 def make_sink(tmp: Path, **kw: object) -> S3Sink:
@@ -74,7 +73,7 @@ def test_a_late_event_does_not_split_a_batch_back_into_the_old_hour(tmp_path: Pa
     def ev(i: int, t: datetime) -> bytes:
         return msgspec.json.encode({"auditID": f"a{i}", "stageTimestamp": t.isoformat().replace("+00:00", "Z")})
 
-    t = datetime(2026, 11, 22, 10, 59, 59, tzinfo=timezone.utc)
+    t = datetime(2026, 11, 22, 10, 59, 59, tzinfo=UTC)
     lines = [ev(0, t), ev(1, t + timedelta(seconds=2)), ev(2, t + timedelta(milliseconds=500)), ev(3, t + timedelta(seconds=3)), b'{"no":"time"}']
     runs = sink.runs(lines)
     assert [(a, b) for a, b, _, _ in runs] == [(0, 1), (1, 5)]  # 10:59:59.5 stays with the 11:00 run; no time: the one before
@@ -129,7 +128,7 @@ def test_classify(tmp_path: Path) -> None:
         (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), "retry", "EndpointConnectionError"),
         (ReadTimeoutError(endpoint_url="http://x"), "retry", "ReadTimeoutError"),
         (aiohttp.ServerDisconnectedError(), "retry", "ServerDisconnectedError"),
-        (asyncio.TimeoutError(), "retry", "TimeoutError"),
+        (TimeoutError(), "retry", "TimeoutError"),
         (NoCredentialsError(), "blocked", "no usable credentials"),
         (SSLError(endpoint_url="https://x", error="bad cert"), "blocked", "TLS"),
     ],

@@ -8,7 +8,7 @@ import io
 import json
 import os
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -23,7 +23,7 @@ from tests.support.corpus import numbered_lines
 from tests.support.wait import until_blocking
 
 MiB = 1 << 20
-T0 = datetime(2026, 11, 22, 9, 59, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 9, 59, 0, tzinfo=UTC)
 TEMPLATE = "audit/dt=%Y-%m-%d/hour=%H/{node}-{first_ts}-{seq}.ndjson"
 
 
