@@ -1,12 +1,14 @@
 """Running the agent as the benchmark does: its own process (``python -m kube_audit_shipper run``), a config written here, and
 the zstd file sink's output read back.
 
-Two configurations, everything else at the defaults of ``config/default.yaml``:
+Three configurations, everything else at the defaults of ``config/default.yaml``:
 
+* ``no_policy``: no ``policy.file``, ``enrich: {enabled: false}``, ``detect: {enabled: false}``: lines are shipped
+  unchanged after the UTF-8 and JSON-object check (what Fluent Bit's tail → json → file is compared with);
 * ``policy``: the sample policy ``config/policy/audit-policy.yaml`` and the default enrichment (static node field,
-  derived fields, redaction): what a deployment runs;
-* ``no_policy``: no ``policy.file`` and ``enrich: {enabled: false}``: lines are shipped unchanged after the UTF-8 and
-  JSON-object check.
+  derived fields, redaction), detection explicitly off;
+* ``policy_detect``: the same with detection on (``detect: {enabled: true}``, the built-in rules): what a deployment
+  runs by default. The difference to ``policy`` is the cost of detection.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 from tests.bench.measure import REPO
 
 POLICY_FILE = REPO / "config" / "policy" / "audit-policy.yaml"
-CONFIGS = ("policy", "no_policy")
+CONFIGS = ("no_policy", "policy", "policy_detect")
+#: What each configuration is, for the tables.
+LABELS = {"no_policy": "no policy", "policy": "policy + enrichment", "policy_detect": "policy + enrichment + detection"}
 DEFAULT_MAX_WAIT_MS = 1000  # batch.max_wait_ms in config/default.yaml; the configs below leave it at the default
 
 
@@ -36,10 +40,11 @@ def agent_config(work: Path, name: str, log_path: Path, kind: str, *, backfill: 
         "sinks": [{"name": "archive", "type": "file", "path": str(root / "out"), "compression": "zstd"}],
         "metrics": {"listen": None},
     }
-    if kind == "policy":
-        cfg["policy"] = {"file": str(POLICY_FILE)}
-    else:
+    if kind == "no_policy":
         cfg["enrich"] = {"enabled": False}
+    else:
+        cfg["policy"] = {"file": str(POLICY_FILE)}
+    cfg["detect"] = {"enabled": kind == "policy_detect"}
     for key, value in (extra or {}).items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
     path = root / "config.yaml"

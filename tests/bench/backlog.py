@@ -1,10 +1,11 @@
 """Backlog: a large audit log (rotated backups + the active file) already on disk, shipped from offset 0 to the zstd
-file sink by ``python -m kube_audit_shipper run --once`` (exit 0 once every sink acknowledged everything), with the default
-policy and enrichment (``policy``) and with neither (``no_policy``).
+file sink by ``python -m kube_audit_shipper run --once`` (exit 0 once every sink acknowledged everything), in each
+configuration of `tests.bench.agentrun` (no policy; policy + enrichment; the same + detection).
 
 Figures per run: wall time (process start to exit, interpreter start-up included), CPU seconds (user + sys, every
-thread), peak RSS, events/s and MB/s of input, MB of input per CPU-second, and what arrived: the output is read
-back and its lines counted (every input event for ``no_policy``; what the policy keeps for ``policy``).
+thread), peak RSS, events/s and MB/s of input, MB of input per CPU-second, CPU-seconds per GB and CPU µs per event,
+and what arrived: the output is read back and its lines counted (every input event for ``no_policy``; what the policy
+keeps otherwise, the same count with and without detection).
 """
 
 from __future__ import annotations
@@ -40,16 +41,19 @@ def _figures(usage: Usage, log: AuditLog) -> dict[str, Any]:
         "events_per_s": round(log.events / usage.wall_s, 1),
         "mb_per_s": round(log.bytes / MB / usage.wall_s, 2),
         "mb_per_cpu_s": round(log.bytes / MB / usage.cpu_s, 2) if usage.cpu_s else None,
+        "cpu_s_per_gb": round(usage.cpu_s / (log.bytes / 1e9), 3),
+        "cpu_us_per_event": round(usage.cpu_s / log.events * 1e6, 2),
         "cpu_cores_used": round(usage.cpu_s / usage.wall_s, 3),
     }
 
 
-def fixed_cost(spawner: Spawner, work: Path, agent_src: Path, timeout: float) -> dict[str, Any]:
-    """``run --once`` over an empty log: interpreter start-up, imports, state and sink set-up, shutdown."""
+def fixed_cost(spawner: Spawner, work: Path, agent_src: Path, timeout: float, kind: str = "policy") -> dict[str, Any]:
+    """``run --once`` over an empty log: interpreter start-up, imports, state and sink set-up (loading the policy and
+    the rules), shutdown."""
     log = work / "empty" / "audit.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
-    config = agent_config(work, "backlog-empty", log, "policy", backfill=True)
+    config = agent_config(work, f"backlog-empty-{kind}", log, kind, backfill=True)
     stderr = config.parent / "agent.stderr"
     settle()
     usage = spawner.run(agent_argv(config, once=True), stderr=stderr, timeout=timeout, cwd=agent_src)
@@ -84,23 +88,25 @@ def run_one(spawner: Spawner, log: AuditLog, work: Path, kind: str, run: int, ti
     return config, figures
 
 
-def run_backlog(spawner: Spawner, log: AuditLog, work: Path, *, agent_src: Path, repeat: int, timeout: float) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Both configs, `repeat` times each (interleaved); the run with the median wall time is reported."""
-    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in CONFIGS}
+def run_backlog(
+    spawner: Spawner, log: AuditLog, work: Path, *, agent_src: Path, repeat: int, timeout: float, kinds: tuple[str, ...] = CONFIGS
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Every config, `repeat` times each (interleaved); the run with the median wall time is reported."""
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     configs: dict[str, Path] = {}
     for i in range(max(1, repeat)):
-        for kind in ("no_policy", "policy"):
+        for kind in kinds:
             configs[kind], figures = run_one(spawner, log, work, kind, i, timeout, agent_src)
             runs[kind].append(figures)
             for p in output_dir(configs[kind]).iterdir():  # the output is counted: free the disk for the next run
                 p.unlink()
-    out = {}
-    for kind, figures in runs.items():
-        walls = [f["wall_s"] for f in figures]
-        median = sorted(figures, key=lambda f: f["wall_s"])[len(figures) // 2]
+    out: dict[str, Any] = {}
+    for kind, all_figures in runs.items():
+        walls = [f["wall_s"] for f in all_figures]
+        median = sorted(all_figures, key=lambda f: f["wall_s"])[len(all_figures) // 2]
         out[kind] = {
             **median,
-            "runs": len(figures),
+            "runs": len(all_figures),
             "wall_s_all": walls,
             "wall_s_spread": round((max(walls) - min(walls)) / statistics.median(walls), 4) if len(walls) > 1 else 0.0,
         }

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ def write_inputs(folder: Path, size_mb: int, zstd: bool) -> tuple[Path, Path | N
     packed = folder / "audit-20261122T000000.000000Z-0001.ndjson.zst" if zstd else None
     # a day of traffic whatever the size: trends of minutes, not of seconds
     events_per_day = size_mb * 1024 * 1024 / 1750
-    generator = AuditEventGenerator(1, start_time=datetime(2026, 11, 22, tzinfo=timezone.utc), mix=EventMix(events_per_second=events_per_day / 86_400))
+    generator = AuditEventGenerator(1, start_time=datetime(2026, 11, 22, tzinfo=UTC), mix=EventMix(events_per_second=events_per_day / 86_400))
     compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
     events = written = 0
     batch: list[bytes] = []

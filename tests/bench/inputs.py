@@ -1,9 +1,10 @@
 """The benchmark's input: an audit log written and rotated as kube-apiserver does, deterministic given the seed.
 
-Events come from the demo's `AuditEventGenerator` (the size and level mix of a real control plane) and are written
-through the demo's `RotatingAuditWriter` (lumberjack's rotation: ``audit-<UTC timestamp>.log`` backups). The
-rotation clock is fixed too (one minute per rotation from the generator's start time), so the same seed and size
-give the same file names and bytes; `AuditLog.digest` (BLAKE2b of every byte, in file order) shows it.
+Events come from one of the input mixes of `tests.bench.mixes` (by default the demo's `AuditEventGenerator`: the
+size and level mix of a real control plane) and are written through the demo's `RotatingAuditWriter` (lumberjack's
+rotation: ``audit-<UTC timestamp>.log`` backups). The rotation clock is fixed too (one minute per rotation from the
+generator's start time), so the same mix, seed and size give the same file names and bytes; `AuditLog.digest`
+(BLAKE2b of every byte, in file order) shows it.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from kube_audit_shipper.demo.apiserver import OversizeLineError, RotatingAuditWriter, list_backups
-from kube_audit_shipper.demo.events import DEFAULT_START_TIME, AuditEventGenerator
+from kube_audit_shipper.demo.events import DEFAULT_START_TIME
+from tests.bench.mixes import DEFAULT_MIX, mix_lines
 
 
 @dataclass(slots=True)
 class AuditLog:
     path: Path  # the active file (--audit-log-path)
+    mix: str = DEFAULT_MIX
     events: int = 0
     bytes: int = 0
     rotations: int = 0
@@ -32,6 +35,7 @@ class AuditLog:
     def as_dict(self) -> dict[str, object]:
         return {
             "path": str(self.path),
+            "mix": self.mix,
             "files": len(self.files),
             "events": self.events,
             "bytes": self.bytes,
@@ -54,15 +58,14 @@ def rotation_clock(start: datetime = DEFAULT_START_TIME) -> Callable[[], datetim
     return now
 
 
-def write_backlog(path: Path, *, size_bytes: int, seed: int, rotate_bytes: int) -> AuditLog:
-    """Write about `size_bytes` of generated events to `path`, rotating at `rotate_bytes`."""
+def write_backlog(path: Path, *, size_bytes: int, seed: int, rotate_bytes: int, mix: str = DEFAULT_MIX) -> AuditLog:
+    """Write about `size_bytes` of events of `mix` to `path`, rotating at `rotate_bytes`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    log = AuditLog(path)
+    log = AuditLog(path, mix)
     digest = hashlib.blake2b(digest_size=16)
-    gen = AuditEventGenerator(seed)
     with RotatingAuditWriter(path, max_bytes=rotate_bytes, clock=rotation_clock()) as writer:
         write, update = writer.write, digest.update
-        for line in gen.write_bytes(size_bytes):
+        for line in _up_to(mix_lines(mix, seed), size_bytes):
             try:
                 write(line)
             except OversizeLineError:
@@ -77,6 +80,16 @@ def write_backlog(path: Path, *, size_bytes: int, seed: int, rotate_bytes: int) 
     log.files = [*list_backups(path), path]
     assert sum(os.path.getsize(p) for p in log.files) == log.bytes
     return log
+
+
+def _up_to(lines: Iterator[bytes], size_bytes: int) -> Iterator[bytes]:
+    """Lines until, counting one newline each, they add up to at least `size_bytes`."""
+    total = 0
+    for line in lines:
+        if total >= size_bytes:
+            return
+        total += len(line) + 1
+        yield line
 
 
 def iter_lines(files: list[Path], chunk: int = 1 << 20) -> Iterator[bytes]:

@@ -240,6 +240,14 @@ def versions() -> dict[str, str]:
     return out
 
 
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages of the machine (``/proc/loadavg``), for the record."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return []
+
+
 def _busy_seconds() -> float:
     """CPU time every core of the machine spent not idle, in seconds (``/proc/stat``)."""
     with open("/proc/stat", "rb") as fh:

@@ -44,6 +44,8 @@ def _figures(usage: Usage, log: AuditLog, load: Load, waited: float) -> dict[str
         "mb_per_s": round(log.bytes / MB / usage.wall_s, 2),
         "events_per_s": round(log.events / usage.wall_s, 1),
         "mb_per_cpu_s": round(log.bytes / MB / usage.cpu_s, 2) if usage.cpu_s else None,
+        "cpu_s_per_gb": round(usage.cpu_s / (log.bytes / 1e9), 3),
+        "cpu_us_per_event": round(usage.cpu_s / log.events * 1e6, 2),
     }
 
 

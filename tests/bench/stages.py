@@ -1,12 +1,14 @@
 """Stages: the throughput of each step of the agent's per-event work alone, in one thread, to show where time goes.
 
-The sample is the first ``--stages-mb`` of the same generated stream as the backlog, in one file. It is processed
-chunk by chunk and line by line as the agent's reader thread does (`LineReader` chunks of
+The sample is the first ``--stages-mb`` of the same stream as the backlog of each input mix, in one file. It is
+processed chunk by chunk and line by line as the agent's reader thread does (`LineReader` chunks of
 ``input.read_chunk_bytes``), with a clock reading between the steps (its cost subtracted):
 
-policy path (the ``policy`` config: sample policy + default enrichment), the steps of `kube_audit_shipper.process.transform`:
+policy path (the ``policy_detect`` config: sample policy + default enrichment + detection), the steps of
+`kube_audit_shipper.process.transform` with detection where the pipeline runs it, on the event as recorded:
     read+split   `LineReader.read`: pread of one chunk, split into whole lines
     decode       blank-line and UTF-8 checks + `decode_event` (top level typed, bodies kept raw)
+    detect       `DetectionEngine.evaluate` (the built-in rules), before the policy trims the event
     policy+trim  `DecisionCache.evaluate_event` + `trim_event` (drops, level cut, omitManagedFields)
     redact       `Redactor.apply` (Secret data, tokens, token query parameters)
     enrich       `Enricher.members` (node + derived fields)
@@ -24,7 +26,11 @@ from the code it stands for. Each pass runs ``--stages-repeat`` times; a step's 
 from __future__ import annotations
 
 import gc
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,9 +40,8 @@ from typing import Any
 import msgspec
 import zstandard
 
-from kube_audit_shipper.app import build_transform
 from kube_audit_shipper.config import Config, load
-from kube_audit_shipper.process.decode import check_event
+from kube_audit_shipper.process.detect.build import build_engine
 from kube_audit_shipper.process.enrich.fields import Enricher
 from kube_audit_shipper.process.enrich.redact import Redactor
 from kube_audit_shipper.process.policy.event import decode_event
@@ -46,9 +51,18 @@ from kube_audit_shipper.process.policy.trim import KEPT, trim_event
 from kube_audit_shipper.sinks.file.config import FileSinkConfig
 from kube_audit_shipper.source.reader import LineReader
 from tests.bench.inputs import AuditLog
-from tests.bench.measure import MB
+from tests.bench.measure import MB, REPO
 
-POLICY_STEPS = ("read+split", "decode", "policy+trim", "redact", "enrich", "encode", "compress")
+# The stage module's names moved when the pipeline was restructured (issue 17); `--agent-src` may name a tree
+# from before, so both spellings are accepted.
+try:
+    from kube_audit_shipper.app.build import load_transform as build_transform
+    from kube_audit_shipper.process.check import check_event
+except ImportError:  # a tree from before the restructuring (538421f and older)
+    from kube_audit_shipper.app import build_transform  # type: ignore[attr-defined,no-redef,unused-ignore]
+    from kube_audit_shipper.process.decode import check_event  # type: ignore[import-not-found,no-redef,unused-ignore]
+
+POLICY_STEPS = ("read+split", "decode", "detect", "policy+trim", "redact", "enrich", "encode", "compress")
 NO_POLICY_STEPS = ("read+split", "check", "compress")
 CHECK_LINES = 2000
 
@@ -135,6 +149,16 @@ class _PolicyPath:
             self.enricher = None
         self.added = self.enricher.added_keys if self.enricher is not None else frozenset()
         self.encoder = msgspec.json.Encoder()
+        self.cfg = cfg
+        self.alerts = 0
+
+    def detection(self) -> Any:
+        """A fresh detection engine of the config (one per pass: the same events give the same work), or None."""
+        if not self.cfg.detect.enabled:
+            return None
+        derived = self.cfg.enrich.derived
+        engine, _ = build_engine(self.cfg.detect, shared_admin_users=derived.shared_admin_users, system_user_prefixes=derived.system_user_prefixes)
+        return engine
 
     def one(self, line: bytes) -> bytes | None:
         """The composed steps for one line (for the consistency check)."""
@@ -152,12 +176,14 @@ class _PolicyPath:
         collector instead); one clock reading between steps, its own cost subtracted."""
         cache, redactor, enricher, encoder, added = self.cache, self.redactor, self.enricher, self.encoder, self.added
         evaluate = cache.evaluate_event
+        engine = self.detection()
+        detect = engine.evaluate if engine is not None else None
         redact = redactor.apply if redactor is not None else None
         members = enricher.members if enricher is not None else None
         clock = time.perf_counter
         tick = _clock_cost()
-        decode_s = policy_s = redact_s = enrich_s = encode_s = 0.0
-        decoded = kept = 0
+        decode_s = detect_s = policy_s = redact_s = enrich_s = encode_s = 0.0
+        decoded = kept = alerts = 0
         for lines in chunks:
             records = []
             t0 = clock()
@@ -170,6 +196,11 @@ class _PolicyPath:
                 t1 = clock()
                 decode_s += t1 - t0
                 decoded += 1
+                if detect is not None:
+                    alerts += len(detect(event))
+                    t0 = clock()
+                    detect_s += t0 - t1
+                    t1 = t0
                 if trim_event(event, evaluate(event)) != KEPT:
                     t0 = clock()
                     policy_s += t0 - t1
@@ -190,7 +221,9 @@ class _PolicyPath:
             batcher.add(records)
         batcher.flush()
         timer.add("decode", decode_s - decoded * tick)
+        timer.add("detect", detect_s - decoded * tick if detect is not None else 0.0)
         timer.add("policy+trim", policy_s - decoded * tick)
+        self.alerts = alerts
         timer.add("redact", redact_s - kept * tick)
         timer.add("enrich", enrich_s - kept * tick)
         timer.add("encode", encode_s - kept * tick)
@@ -306,6 +339,7 @@ def run_stages(sample: AuditLog, policy_config: Path, no_policy_config: Path, re
             "total_s": round(policy_total, 4),
             "mb_per_s": round(sample.bytes / MB / policy_total, 1),
             "events_kept": kept_events,
+            "alerts": policy_path.alerts,
             "bytes_out": out_bytes_p,
         },
         "no_policy": {
@@ -316,3 +350,49 @@ def run_stages(sample: AuditLog, policy_config: Path, no_policy_config: Path, re
         },
         "naive_msgspec_in_process": {"seconds": round(naive, 4), "mb_per_s": round(sample.bytes / MB / naive, 1)},
     }
+
+
+def run_in_child(sample: AuditLog, policy_config: Path, no_policy_config: Path, repeat: int, agent_src: Path, timeout: float) -> dict[str, Any]:
+    """`run_stages` in a child process that imports the agent from `agent_src` (and the benchmark from this
+    repository), so that another tree's code can be timed step by step (``--agent-src``); one fresh process per mix
+    also keeps one mix's caches and heap out of the next one's figures."""
+    request = {
+        "sample": {**sample.as_dict(), "files": [str(p) for p in sample.files]},
+        "policy_config": str(policy_config),
+        "no_policy_config": str(no_policy_config),
+        "repeat": repeat,
+    }
+    with tempfile.TemporaryDirectory(prefix="kas-stages-") as only_package:
+        # The agent's package from agent_src, everything else (this benchmark) from this repository.
+        os.symlink(agent_src.resolve() / "kube_audit_shipper", Path(only_package) / "kube_audit_shipper")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join((only_package, str(REPO)))}
+        done = subprocess.run(
+            [sys.executable, "-P", "-m", "tests.bench.stages"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"stages child failed ({done.returncode}): {done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> int:
+    """The child of `run_in_child`: a JSON request on stdin, the JSON result as the last line of stdout."""
+    request = json.loads(sys.stdin.read())
+    s = request["sample"]
+    sample = AuditLog(Path(s["path"]), s["mix"], s["events"], s["bytes"], s["rotations"], s["dropped_oversize"], s["blake2b"], [Path(p) for p in s["files"]])
+    result = run_stages(sample, Path(request["policy_config"]), Path(request["no_policy_config"]), request["repeat"])
+    import kube_audit_shipper
+
+    result["agent_package"] = str(Path(kube_audit_shipper.__file__).resolve().parent)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
 """Detection: rules evaluated on every audit event as recorded (before policy trimming), raising `Alert`s.
 
 Modules: `paths` (the path syntax), `context` (one event: lazy bodies), `computed` (`@name` values),
-`getters` (paths → getters), `conditions` (condition trees → closures, index values), `spec` (a loaded rule),
+`getters` (paths → getters), `conditions` (condition trees → closures, index values), `candidates` (the
+rules an event can match: index entries filtered by event features), `spec` (a loaded rule),
 `rulefile` (our YAML format, every error with its key path), `sigma` + `sigma_condition` (Sigma rules),
 `template` (summaries), `mitre` (tag checks), `compiled` (a rule ready to run), `aggregate` (windows),
 `engine` (evaluation, dedup, one alert per auditID, snapshot/restore, counters), `state` (the saved form),

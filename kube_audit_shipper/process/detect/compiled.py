@@ -12,7 +12,7 @@ import msgspec
 from msgspec import UNSET
 
 from kube_audit_shipper.process.detect.aggregate import WindowCounter
-from kube_audit_shipper.process.detect.conditions import INDEX_PATHS, Test, compile_condition, index_values, parse_ip
+from kube_audit_shipper.process.detect.conditions import FEATURES, INDEX_PATHS, Test, compile_condition, feature_values, index_values, parse_ip
 from kube_audit_shipper.process.detect.context import EventContext
 from kube_audit_shipper.process.detect.getters import Getter, compile_getter
 from kube_audit_shipper.process.detect.paths import parse_path
@@ -106,6 +106,7 @@ class CompiledRule:
         "excluded",
         "fields",
         "group_by",
+        "guards",
         "id",
         "index",
         "match",
@@ -128,6 +129,8 @@ class CompiledRule:
         self.tags = spec.all_tags()
         #: per index dimension (verb, resource, subresource): the values the rule can match, None = any
         self.index = tuple(index_values(spec.match, path) for path in INDEX_PATHS)
+        #: per feature (FEATURES): the values the rule can match, None = any
+        self.guards = tuple(feature_values(spec.match, feature) for feature in FEATURES)
         self.dedup_by = compile_getters(spec.dedup.by) if spec.dedup is not None else ()
         self.dedup_s = spec.dedup.period_s if spec.dedup is not None else 0.0
         aggregate = spec.aggregate
@@ -147,6 +150,10 @@ class CompiledRule:
     def candidate_for(self, verb: str, resource: str, subresource: str) -> bool:
         verbs, resources, subresources = self.index
         return (verbs is None or verb in verbs) and (resources is None or resource in resources) and (subresources is None or subresource in subresources)
+
+    def passes(self, features: tuple[Any, ...]) -> bool:
+        """Whether an event with these feature values (FEATURES order) can match at all."""
+        return all(values is None or feature in values for values, feature in zip(self.guards, features, strict=True))
 
     def output_fields(self, ctx: EventContext, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -7,7 +7,9 @@ A leaf holds when *some* value of its path satisfies *every* operator of the lea
 match a string. `ignore_case` folds case for the string operators.
 
 `index_values` reads, from the top of a condition, which verbs/resources/subresources can possibly match, so
-the engine tests an event only against rules that can fire on it.
+the engine tests an event only against rules that can fire on it; `feature_values` does the same for a few
+cheap event features (status code, impersonation, public client address) that rules without a verb or resource
+(permission probing, impersonation, failures from public addresses) pin instead.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ _BOOL_PATHS = frozenset({"@source_ip_public"})
 _STRING_LIST_HEAD_PATHS = frozenset({"user.groups", "impersonatedUser.groups", "sourceIPs"})
 #: Index dimensions: the path each reads.
 INDEX_PATHS = ("verb", "objectRef.resource", "objectRef.subresource")
+#: Event features a rule may pin, beyond the index: the status code (an int, or UNSET), whether the request was
+#: impersonated (bool), whether the client address is public (bool, or UNSET). The paths each is read from.
+FEATURES = ("code", "impersonated", "public")
+_FEATURE_PATHS = {"code": ("@code", "responseStatus.code"), "impersonated": ("impersonatedUser",), "public": ("@source_ip_public",)}
 
 
 @functools.lru_cache(maxsize=8192)
@@ -182,10 +188,10 @@ def _typed_leaf(path: str, get: Getter, op: str, value: Any) -> Test | None:
     comparison, no per-value dispatch. None when the general test is needed."""
     if path in _STRING_HEAD_PATHS:
         if op == "equals" and isinstance(value, str):
-            return lambda ctx: get(ctx) == value
+            return _head_equals(path, value)
         if op == "in" and all(isinstance(item, str) for item in value):
             members = frozenset(value)
-            return lambda ctx: get(ctx) in members
+            return _head_in(path, members)
     elif path in _INT_PATHS and is_number(value):
         if op == "equals":
             return lambda ctx: get(ctx) == value
@@ -197,6 +203,33 @@ def _typed_leaf(path: str, get: Getter, op: str, value: Any) -> Test | None:
     elif path in _STRING_LIST_HEAD_PATHS and op == "equals" and isinstance(value, str):
         return lambda ctx: (found := get(ctx)) is not UNSET and value in found
     return None
+
+
+def _head_equals(path: str, value: str) -> Test:
+    """`value of path == value` for a string head path (`verb`, `objectRef.resource`), the field read inline: one
+    call per leaf, not two. An absent value (UNSET, or no parent struct) is never equal, as through the getter."""
+    root, _, key = path.partition(".")
+    if not key:
+        return lambda ctx: getattr(ctx.view, root) == value
+
+    def test(ctx: EventContext) -> bool:
+        parent = getattr(ctx.view, root)
+        return bool(parent) and getattr(parent, key) == value
+
+    return test
+
+
+def _head_in(path: str, members: frozenset[str]) -> Test:
+    """`value of path in members`, as `_head_equals`."""
+    root, _, key = path.partition(".")
+    if not key:
+        return lambda ctx: getattr(ctx.view, root) in members
+
+    def test(ctx: EventContext) -> bool:
+        parent = getattr(ctx.view, root)
+        return bool(parent) and getattr(parent, key) in members
+
+    return test
 
 
 def _exists(get: Getter, wanted: bool) -> Test:
@@ -266,6 +299,41 @@ def index_values(condition: Condition, path: str) -> frozenset[str] | None:
     if isinstance(condition, Not):
         return None
     found = [index_values(item, path) for item in condition.items]
+    if isinstance(condition, AllOf):
+        known = [values for values in found if values is not None]
+        return frozenset.intersection(*known) if known else None
+    if any(values is None for values in found) or not found:
+        return None
+    return frozenset().union(*[values for values in found if values is not None])
+
+
+def feature_values(condition: Condition, feature: str) -> frozenset[Any] | None:
+    """The values `feature` (one of FEATURES) must have for the condition to hold, or None when it may be anything.
+
+    Only leaves whose outcome the feature decides by itself count: `equals`/`in` numbers on the code (a number
+    equals only a number), `exists` on impersonatedUser (`exists` ignores any other operator of its leaf), `equals`
+    true/false on `@source_ip_public`; combined as `index_values` combines its leaves.
+    """
+    if isinstance(condition, Leaf):
+        if condition.path not in _FEATURE_PATHS[feature] or condition.ignore_case:
+            return None
+        ops = dict(condition.ops)
+        if feature == "impersonated":
+            wanted = ops.get("exists")
+            return frozenset({wanted}) if isinstance(wanted, bool) else None
+        if "exists" in ops:
+            return None
+        if feature == "public":
+            value = ops.get("equals")
+            return frozenset({value}) if isinstance(value, bool) else None
+        if "equals" in ops and is_number(ops["equals"]):
+            return frozenset({ops["equals"]})
+        if "in" in ops and ops["in"] and all(is_number(item) for item in ops["in"]):
+            return frozenset(ops["in"])
+        return None
+    if isinstance(condition, Not):
+        return None
+    found = [feature_values(item, feature) for item in condition.items]
     if isinstance(condition, AllOf):
         known = [values for values in found if values is not None]
         return frozenset.intersection(*known) if known else None

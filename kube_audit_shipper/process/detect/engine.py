@@ -6,7 +6,10 @@
 
 * Index: a rule whose condition pins the verb, resource or subresource (`verb in [...]` at the top, under
   `and`, or in every branch of an `or`) is a candidate only for those; the candidate list of each distinct
-  (verb, resource, subresource) is built once and memoised, so a typical event meets a handful of rules.
+  (verb, resource, subresource) is built once and memoised, so a typical event meets a handful of rules. Rules
+  that pin none of them but pin the status code, impersonation or a public client address (conditions.FEATURES)
+  are then filtered by those features of the event, memoised the same way per feature values: a typical event
+  evaluates only the rules that can fire on it.
 * One request, one alert: a request recorded at several stages is one auditID. Rules run at ResponseStarted,
   ResponseComplete and Panic (and on events without a stage); a rule that matched (or an aggregate that counted)
   at ResponseStarted is not run again at the request's later stages. Only requests seen at ResponseStarted are
@@ -15,7 +18,8 @@
 * Event time only (`eventtime`); the watermark is the latest event time seen. Dedup periods and windows are
   judged at the watermark, so an event that arrives late cannot reopen what later events closed.
 * Containment: whatever one rule raises on one event (an undecodable body, an odd value) is counted in
-  `stats.errors[rule]`, and evaluation goes on with the next rule and the next event.
+  `stats.errors[rule]`, and evaluation goes on with the next rule and the next event. A rule the index or a
+  feature excludes for an event is not evaluated on it at all (it could not match), so it raises nothing there.
 * `snapshot()`/`restore()` save and load all state (watermark, requests in flight, dedup keys, aggregate
   groups) as versioned msgpack; the same events give the same alerts with or without a restore in between.
 """
@@ -31,8 +35,9 @@ import msgspec
 
 from kube_audit_shipper.errors import MalformedEventError
 from kube_audit_shipper.model import Alert, AlertWindow
+from kube_audit_shipper.process.detect.candidates import Candidates, Entry, event_features
 from kube_audit_shipper.process.detect.compiled import CompiledRule, compile_exceptions
-from kube_audit_shipper.process.detect.conditions import Test
+from kube_audit_shipper.process.detect.conditions import FEATURES
 from kube_audit_shipper.process.detect.context import Env, EventContext
 from kube_audit_shipper.process.detect.eventtime import format_time
 from kube_audit_shipper.process.detect.spec import Exceptions, RuleSpec
@@ -44,6 +49,7 @@ NO_EXCEPTIONS = Exceptions()
 #: event-time seconds between sweeps of expired dedup keys and aggregate groups (memory only, never an outcome)
 SWEEP_S = 60.0
 _INDEX_CACHE_MAX = 4096
+_clock = time.perf_counter
 _BOUND_TESTS = {"gt": float.__gt__, "ge": float.__ge__, "lt": float.__lt__, "le": float.__le__}
 
 
@@ -85,7 +91,9 @@ class DetectionEngine:
         self.by_id = {rule.id: rule for rule in self.rules}
         self._global = compile_exceptions(global_exceptions)
         #: (verb, resource, subresource) → (match test, rule) of each candidate rule, in rule order
-        self._index: dict[tuple[str, str, str], tuple[tuple[Test, CompiledRule], ...]] = {}
+        self._index: dict[tuple[str, str, str], Entry] = {}
+        #: which features some rule pins (the others are not computed)
+        self._features_used = tuple(any(rule.guards[i] is not None for rule in self.rules) for i in range(len(FEATURES)))
         self.max_tracked_requests = max_tracked_requests
         self.max_dedup_keys = max_dedup_keys
         self.stats = DetectStats()
@@ -112,7 +120,7 @@ class DetectionEngine:
 
     def evaluate(self, event: Any) -> list[Alert]:
         """The alerts one event raises (most events: none)."""
-        started = time.perf_counter()
+        started = _clock()
         stats = self.stats
         view = event.view
         stage = view.stage
@@ -122,13 +130,22 @@ class DetectionEngine:
         stats.events += 1
         ref = view.objectRef
         key = (view.verb or "", ref.resource or "", ref.subresource or "") if ref else (view.verb or "", "", "")
-        candidates = self._index.get(key)
-        if candidates is None:
-            candidates = self._candidates(key)
+        entry = self._index.get(key)
+        if entry is None:
+            entry = self._entry(key)
+        candidates = entry.all
         if not candidates:
-            stats.eval_seconds += time.perf_counter() - started
+            stats.eval_seconds += _clock() - started
             return NO_ALERTS
         ctx = EventContext(event, self.env)
+        if entry.guarded:
+            features = event_features(ctx, self._features_used)
+            if features is not None:
+                found = entry.by_features.get(features)
+                candidates = found if found is not None else entry.only(features)
+                if not candidates:
+                    stats.eval_seconds += _clock() - started
+                    return NO_ALERTS
         audit_id = view.auditID or ""
         final = stage != "ResponseStarted"
         done = None
@@ -157,15 +174,18 @@ class DetectionEngine:
                 alerts.append(alert)
         if consumed is not None and audit_id and not final:
             self._remember(audit_id, consumed, done)
-        stats.eval_seconds += time.perf_counter() - started
+        stats.eval_seconds += _clock() - started
         return alerts if alerts is not None else NO_ALERTS
 
-    def _candidates(self, key: tuple[str, str, str]) -> tuple[tuple[Test, CompiledRule], ...]:
-        found = tuple((rule.match, rule) for rule in self.rules if rule.candidate_for(*key))
+    def _candidates(self, key: tuple[str, str, str]) -> Candidates:
+        return self._entry(key).all
+
+    def _entry(self, key: tuple[str, str, str]) -> Entry:
+        entry = Entry(tuple((rule.match, rule) for rule in self.rules if rule.candidate_for(*key)))
         if len(self._index) >= _INDEX_CACHE_MAX:
             self._index.clear()
-        self._index[key] = found
-        return found
+        self._index[key] = entry
+        return entry
 
     def _remember(self, audit_id: str, consumed: list[int], done: set[int] | None) -> None:
         if done is not None:

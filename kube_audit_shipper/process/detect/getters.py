@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from msgspec import UNSET, Raw
+from msgspec import UNSET, Raw, UnsetType
 
 from kube_audit_shipper.process.detect.computed import COMPUTED
 from kube_audit_shipper.process.detect.context import BodyError, EventContext, Failed, decode_raw
@@ -29,6 +29,16 @@ Getter = Callable[[EventContext], Any]
 _RAW_FIELDS = frozenset({"requestObject", "responseObject", "metadata"})
 _TYPED_FIELDS = frozenset(AuditEventWire.__struct_fields__) - _RAW_FIELDS
 _STRUCTS: dict[str, type[msgspec.Struct]] = {"user": UserInfo, "impersonatedUser": UserInfo, "objectRef": ObjectReference, "responseStatus": Status}
+
+
+def _plain_fields(struct: type[msgspec.Struct]) -> frozenset[str]:
+    """Fields typed `str`, `int` or `list[str]` (or UNSET): never Raw, never None, read as they are."""
+    plain = {str | UnsetType, int | UnsetType, list[str] | UnsetType}
+    return frozenset(field.name for field in msgspec.structs.fields(struct) if field.type in plain)
+
+
+#: Per typed struct, the fields whose getter needs no Raw or null check (the hot ones: names, resources, code).
+_PLAIN_FIELDS: dict[type[msgspec.Struct], frozenset[str]] = {struct: _plain_fields(struct) for struct in (UserInfo, ObjectReference, Status)}
 
 
 def walk(value: Any, segments: tuple[Segment, ...], start: int = 0) -> Any:
@@ -110,6 +120,13 @@ def _head(root: str) -> Getter:
 def _head_field(root: str, key: str) -> Getter:
     """`objectRef.resource`, `user.username`, `annotations["k"]`: the hot two-step paths."""
     sub = _struct_type(root)
+    if sub is not None and key in _PLAIN_FIELDS.get(sub, ()):
+
+        def get_plain(ctx: EventContext) -> Any:
+            parent = getattr(ctx.view, root)
+            return getattr(parent, key) if parent else UNSET
+
+        return get_plain
     if sub is not None and key in sub.__struct_fields__:
 
         def get_attr(ctx: EventContext) -> Any:

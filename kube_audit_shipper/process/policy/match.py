@@ -182,7 +182,7 @@ class CompiledPolicy:
 class DecisionCache:
     """A memo of `CompiledPolicy.evaluate`, one per Transform (not shared), bounded to `max_entries` keys."""
 
-    __slots__ = ("_cache", "_groups", "_namespaces", "_need_name", "_users", "max_entries", "policy")
+    __slots__ = ("_cache", "_groups", "_namespaces", "_need_name", "_only_group", "_users", "max_entries", "policy")
 
     def __init__(self, policy: CompiledPolicy, max_entries: int = DECISION_CACHE_SIZE) -> None:
         self.policy = policy
@@ -190,6 +190,7 @@ class DecisionCache:
         self._cache: dict[tuple[object, ...], Decision] = {}
         self._users = policy._users
         self._groups = policy._groups
+        self._only_group = next(iter(policy._groups)) if len(policy._groups) == 1 else None
         self._namespaces = policy._namespaces
         self._need_name = policy.uses_resource_names
 
@@ -211,14 +212,17 @@ class DecisionCache:
         if not ref or self._need_name:
             return self.evaluate(request_attributes(event, need_name=self._need_name))
         user = view.user
-        username = groups = None
+        username = None
+        groups: object = None
         if user:
             name = user.username or ""
             user_groups = user.groups
             if (name or user_groups) and name in self._users:  # a user without name nor groups is no user
                 username = name
             if self._groups and user_groups:
-                groups = self._groups.intersection(user_groups)
+                # the policy's groups the user is in; with one group in the whole policy (the usual case) whether
+                # the user is in it: the same partition of users, without building a set per event
+                groups = (self._only_group in user_groups) if self._only_group is not None else self._groups.intersection(user_groups)
         namespace = ref.namespace if ref.namespace in self._namespaces else None
         key = (username, groups, view.verb, ref.apiGroup, ref.apiVersion, ref.resource, ref.subresource, namespace)
         decision = self._cache.get(key)
