@@ -298,13 +298,7 @@ def index_values(condition: Condition, path: str) -> frozenset[str] | None:
         return None
     if isinstance(condition, Not):
         return None
-    found = [index_values(item, path) for item in condition.items]
-    if isinstance(condition, AllOf):
-        known = [values for values in found if values is not None]
-        return frozenset.intersection(*known) if known else None
-    if any(values is None for values in found) or not found:
-        return None
-    return frozenset().union(*[values for values in found if values is not None])
+    return _combined(condition, [index_values(item, path) for item in condition.items])
 
 
 def feature_values(condition: Condition, feature: str) -> frozenset[Any] | None:
@@ -333,7 +327,12 @@ def feature_values(condition: Condition, feature: str) -> frozenset[Any] | None:
         return None
     if isinstance(condition, Not):
         return None
-    found = [feature_values(item, feature) for item in condition.items]
+    return _combined(condition, [feature_values(item, feature) for item in condition.items])
+
+
+def _combined(condition: Condition, found: list[frozenset[Any] | None]) -> frozenset[Any] | None:
+    """The values a group of conditions allows, from those of its items (None: anything): all of them, the
+    intersection of the known ones; any of them, the union, unless one item allows anything."""
     if isinstance(condition, AllOf):
         known = [values for values in found if values is not None]
         return frozenset.intersection(*known) if known else None
