@@ -9,11 +9,15 @@ Three configurations, everything else at the defaults of ``config/default.yaml``
   derived fields, redaction), detection explicitly off;
 * ``policy_detect``: the same with detection on (``detect: {enabled: true}``, the built-in rules): what a deployment
   runs by default. The difference to ``policy`` is the cost of detection.
+
+``processing.workers`` is the agent's default (one worker process per core beyond the first) unless the
+environment variable ``BENCH_WORKERS`` sets it (``BENCH_WORKERS=0``: everything in the agent's process).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,8 @@ def agent_config(work: Path, name: str, log_path: Path, kind: str, *, backfill: 
     else:
         cfg["policy"] = {"file": str(POLICY_FILE)}
     cfg["detect"] = {"enabled": kind == "policy_detect"}
+    if os.environ.get("BENCH_WORKERS"):
+        cfg["processing"] = {"workers": int(os.environ["BENCH_WORKERS"])}
     for key, value in (extra or {}).items():
         cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
     path = root / "config.yaml"

@@ -35,6 +35,7 @@ class Knobs:
 
     sink_b_variant: int = 0
     checkpoint_variant: int = 0
+    workers: int = 0  # set per example, never by reload: 1 = every read shaped by a worker process (issue 17)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def agent_config(work: Path, state_dir: Path, log_path: Path, knobs: Knobs, limi
         # events ship byte for byte as written, so a sink's line is compared with the written line itself
         "enrich": {"enabled": False},
         "detect": {"enabled": False},
+        "processing": {"workers": knobs.workers, "worker_min_bytes": 1},
     }
 
 

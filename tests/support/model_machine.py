@@ -73,7 +73,7 @@ class TailerModel(RuleBasedStateMachine):
         self.work = Path(tempfile.mkdtemp(prefix="ex-", dir=self.base))
         self.model = AuditDir(self.work / "log", prefix=f"m{len(self.summaries)}")
         self.disk = StateDisk(self.work)
-        self.knobs = Knobs()
+        self.knobs = Knobs(workers=len(self.summaries) % 2)  # every other example with a worker process
         self.agent = AgentProcess(self.work, self.work / "config.yaml")
         self.oracle = Oracle(self.model, self.known_bugs)
         self.pipeline_stops: list[float] = []  # when a pipeline stopped reading: a SIGKILL, a reload that restarts it
@@ -288,6 +288,7 @@ class TailerModel(RuleBasedStateMachine):
             )
         summary = {
             "steps": self.model.step,
+            "workers": self.knobs.workers,
             "lines": len(self.model.lines),
             "files": len(self.model.containers),
             **self.counts,

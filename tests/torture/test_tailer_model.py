@@ -6,7 +6,8 @@ sequences of what happens on a control-plane node are played against the REAL ag
 lines, rotating by rename, gzipping a backup and deleting the oldest one; a copytruncate rotator; the
 state directory's disk filling up and freed; SIGKILL and restart; SIGHUP with a config that changes a
 sink, restarts the pipeline, or changes nothing; a backlog of ~1 MB (the memory limit); waiting until the
-agent caught up. The state machine is tests/support/model_machine.py; the model
+agent caught up. Every other example runs with a worker process shaping every read (processing.workers 1,
+worker_min_bytes 1): the guarantee must not depend on where lines are processed. The state machine is tests/support/model_machine.py; the model
 (tests/support/model_files.py) knows every line ever written and where it was; the oracle
 (tests/support/model_oracle.py) says at the end of each example what must have arrived at every sink,
 what may be missing and for which reported reason, and how many duplicates each SIGKILL allows.

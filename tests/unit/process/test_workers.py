@@ -192,10 +192,11 @@ def test_the_stage_hands_reads_on_in_order_whether_workers_shape_them_or_not(tmp
     assert alone.alerts and alone_dead
 
 
-def test_worker_count_defaults_to_one_per_core_beyond_the_first() -> None:
-    assert ProcessingConfig().worker_count(cpus=1) == 0
-    assert ProcessingConfig().worker_count(cpus=2) == 1
-    assert ProcessingConfig().worker_count(cpus=64) == 4
+def test_worker_count_defaults_to_none_and_null_is_one_per_core_beyond_the_first() -> None:
+    assert ProcessingConfig().worker_count(cpus=8) == 0
+    assert ProcessingConfig(workers=None).worker_count(cpus=1) == 0
+    assert ProcessingConfig(workers=None).worker_count(cpus=2) == 1
+    assert ProcessingConfig(workers=None).worker_count(cpus=64) == 4
     assert ProcessingConfig(workers=0).worker_count(cpus=8) == 0
     assert ProcessingConfig(workers=3).worker_count(cpus=1) == 3
 
