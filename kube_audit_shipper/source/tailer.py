@@ -440,7 +440,7 @@ class Tailer:
             return
         pace = self._last_look + poll_s - time.monotonic()
         if pace > 0 and not any(e.is_set() for e in also):
-            await _first(pace, stop)  # the changes of that time are merged into this look
+            await _first(pace, stop, *also)  # the changes of that time are merged into this look; room ends it
             if stop.is_set():
                 return
         wake.clear()

@@ -208,3 +208,45 @@ def test_a_backup_read_to_its_end_is_not_at_risk(tmp_path: Path) -> None:
         tailer.close()
 
     asyncio.run(main())
+
+
+class SlowOutput(Output):
+    """An output whose memory is used up by every read and freed a moment later (a sink acknowledging), after
+    flapping once: freed and used up again at once (one batch acknowledged while another read is charged), as
+    the memory budget does under a backlog."""
+
+    async def take(self, fid: int, path: str, lines: Lines) -> None:
+        await super().take(fid, path, lines)
+        self.room.clear()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.01, self._flap)
+        loop.call_later(0.03, self.room.set)
+
+    def _flap(self) -> None:
+        self.room.set()
+        self.room.clear()
+
+
+@pytest.mark.parametrize("once", [False, True], ids=["run", "run-once"])
+def test_a_reader_waiting_for_room_goes_on_when_room_comes_not_at_the_next_paced_look(tmp_path: Path, once: bool) -> None:
+    """Regression: while the reader waited for memory, a wake-up by room that was gone again when the reader
+    looked (the budget flaps under a backlog) led to a look paced at poll_interval_ms that ignored the room coming
+    back: a backlog was read about one chunk per poll interval whenever the sinks were behind (a 300 MB backlog
+    took 3.05 s instead of 1.96 s at the default 200 ms). Here the pace is 30 s: 40 chunks must not need 40 paces."""
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 200) for i in range(400)))
+    cfg = InputConfig(paths=[str(log)], poll_interval_ms=30_000, rescan_interval_ms=600_000, read_chunk_bytes=2048)
+
+    async def main() -> None:
+        out = SlowOutput()
+        tailer = Tailer(cfg, index=Index(), output=out)
+        stop = asyncio.Event()
+        task = asyncio.create_task(tailer.run(stop, once=once))
+        try:
+            await until(lambda: len(out.lines) == 400, timeout=20.0)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            tailer.close()
+
+    asyncio.run(main())
