@@ -440,9 +440,9 @@ class Tailer:
             return
         pace = self._last_look + poll_s - time.monotonic()
         if pace > 0 and not any(e.is_set() for e in also):
-            await _first(pace, stop, *also)  # the changes of that time are merged into this look; room ends it
-            if stop.is_set():
-                return
+            await _first(pace, stop, *also)  # the changes of that time are merged into this look
+            if stop.is_set() or any(e.is_set() for e in also):
+                return  # room came back first: read now; the look waits for its pace
         wake.clear()
         self._last_look = time.monotonic()
         self._look(self._rescan_due())
