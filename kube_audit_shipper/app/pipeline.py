@@ -200,8 +200,7 @@ class Agent:
             alert = alert_decoder.decode(record)
             start, logged, more = self._alert_log.get(alert.rule, (now, 0, 0))
             if now - start >= 60.0:
-                if more:
-                    log.warning("alerts not logged one by one (configure an alert target to receive them all)", extra={"rule": alert.rule, "alerts": more})
+                _summarise_alerts(alert.rule, more)
                 start, logged, more = now, 0, 0
             if logged < ALERT_LOGS_PER_RULE:
                 logged += 1
@@ -209,6 +208,12 @@ class Agent:
             else:
                 more += 1
             self._alert_log[alert.rule] = (start, logged, more)
+
+    def _flush_alert_log(self) -> None:
+        """At stop: how many alerts of each rule were not logged one by one since its last summary."""
+        for rule, (_, _, more) in self._alert_log.items():
+            _summarise_alerts(rule, more)
+        self._alert_log.clear()
 
     def emitted_offsets(self) -> dict[int, int]:
         """Per open file, the end of what has been handed on (where a sink added by a reload starts)."""
@@ -220,12 +225,11 @@ class Agent:
         assert self.processor is not None and self.tailer is not None and self.deadletter is not None and self.records is not None
         counts = self.processor.counts()
         transform = self.processor.transform
-        drops = dict(getattr(transform, "drops", {}))
-        stage_drops = dict(getattr(transform, "stage_drops", {}))
+        drops = dict(transform.drops) if transform is not None else {}
+        stage_drops = dict(transform.stage_drops) if transform is not None else {}
         dropped = {("policy_level_none", rule): n - stage_drops.get(rule, 0) for rule, n in drops.items()}
         dropped.update({("policy_omitted_stage", rule): n for rule, n in stage_drops.items()})
         runners = self.runners
-        now = time.monotonic()
         detector = self.detector
         return Snapshot(
             events_read=counts.get("read", 0),
@@ -246,7 +250,7 @@ class Agent:
             files_tracked=len(self.tailer.files),
             files_at_risk=len(self.tailer.at_risk()),
             sink_state={r.name: r.state for r in runners},
-            sink_blocked_s={r.name: (now - r.blocked_since) if r.blocked_since is not None else 0.0 for r in runners},
+            sink_blocked_s={r.name: r.health.blocked_for_s() for r in runners},
             sink_rejected={r.name: r.rejected_events for r in runners},
             spool_bytes={r.name: r.spool.bytes_used for r in runners if r.spool is not None},
             spooled_batches={r.name: r.spooled_batches for r in runners if r.spool is not None},
@@ -278,10 +282,7 @@ class Agent:
             return False
         if self._supervisor is not None and self._supervisor.failed:
             return False
-        now = time.monotonic()
-        return all(
-            (r.blocked_since is None or now - r.blocked_since < BLOCKED_NOT_READY_S) and r.sink.blocked_for_s() < BLOCKED_NOT_READY_S for r in self.runners
-        )
+        return all(r.health.blocked_for_s() < BLOCKED_NOT_READY_S and r.sink.blocked_for_s() < BLOCKED_NOT_READY_S for r in self.runners)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     async def write_checkpoint(self) -> None:
@@ -422,6 +423,7 @@ class Agent:
             {self.stage.drain()}
         ):
             await self.stage.abandon()
+        self._flush_alert_log()
         with contextlib.suppress(OSError):  # counted and logged; the final write below tries again
             await self.write_checkpoint()  # whatever is acknowledged so far
         await self.sinks.stop()
@@ -483,3 +485,8 @@ class Agent:
             log.error("run --once: stopped before everything read was shipped; the rest is read again at the next start")
             return EXIT_INCOMPLETE
         return EXIT_OK
+
+
+def _summarise_alerts(rule: str, more: int) -> None:
+    if more:
+        log.warning("alerts not logged one by one (configure an alert target to receive them all)", extra={"rule": rule, "alerts": more})

@@ -2,8 +2,8 @@
 
 In place: the transform (policy, enrichment, detection rules) is swapped between two chunks; inputs are
 re-evaluated at once; the memory limit changes in place; sinks and alert targets are diffed by name
-(RunnerGroup: removed, replaced, added). A change of state_dir, node_name, metrics, checkpoint or deadletter
-needs a new pipeline: `apply` says so and the service restarts it from its checkpoint.
+(RunnerGroup: removed, replaced, added). A change of state_dir, node_name, metrics, checkpoint, deadletter or
+processing needs a new pipeline: `apply` says so and the service restarts it from its checkpoint.
 
 `apply` returns once every changed or removed runner has retired, so reloads are serialized (the service
 coalesces the SIGHUPs that arrive meanwhile into one more reload).

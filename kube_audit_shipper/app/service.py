@@ -10,7 +10,7 @@ A valid one takes effect without losing or duplicating events (app/reload.py):
   read from now on while the old one delivers what it already had (same acknowledgements); a removed
   one finishes its batches in flight, then checkpoints stop waiting for it; an added one gets the
   events read from now on;
-- state_dir, node_name, metrics, checkpoint or deadletter changed: the running pipeline stops the way
+- state_dir, node_name, metrics, checkpoint, deadletter or processing changed: the running pipeline stops the way
   SIGTERM stops it (in-flight batches finish, final checkpoint) and a new one starts from that
   checkpoint with the new config, in the same process. Nothing acknowledged is re-sent and nothing
   unacknowledged is checkpointed.

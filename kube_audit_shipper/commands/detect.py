@@ -13,10 +13,8 @@ targets receive it (`kube_audit_shipper.model.alert_encoder`). Exit codes: 0 don
 from __future__ import annotations
 
 import argparse
-import gzip
 import sys
-from collections.abc import Iterator
-from typing import Any, BinaryIO, TextIO
+from typing import Any, TextIO
 
 import msgspec
 
@@ -25,11 +23,11 @@ from kube_audit_shipper.model import Alert, alert_encoder
 from kube_audit_shipper.process.detect.build import RuleCatalog, build_engine
 from kube_audit_shipper.process.detect.config import DetectConfig
 from kube_audit_shipper.process.detect.engine import DetectionEngine
+from kube_audit_shipper.report.inputs import LogFile, LogReadError
 
 EXIT_OK = 0
 EXIT_LOG_ERROR = 1
 EXIT_INVALID = 2
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,29 +59,21 @@ def load_engine(args: argparse.Namespace) -> tuple[DetectionEngine, RuleCatalog]
     return build_engine(config, extra_rule_files=args.rules, **settings)
 
 
-def log_lines(raw: BinaryIO) -> Iterator[bytes]:
-    """The non-empty lines of a plain or gzip-compressed log, without line endings."""
-    magic = raw.read(len(_GZIP_MAGIC))
-    raw.seek(0)
-    stream: BinaryIO | gzip.GzipFile = gzip.GzipFile(fileobj=raw, mode="rb") if magic == _GZIP_MAGIC else raw
-    for line in stream:
-        line = line.rstrip(b"\r\n")
-        if line.strip():
-            yield line
-
-
 def detect_logs(engine: DetectionEngine, paths: list[str], on_alert: Any, err: TextIO) -> int:
-    """Evaluate every line of `paths` in order, calling `on_alert(alert)`; the exit code."""
+    """Evaluate every line of `paths` in order (plain, gzip, or the file sink's zstd: read as `report` reads
+    them), calling `on_alert(alert)`; the exit code."""
     code = EXIT_OK
     for path in paths:
+        log_file = LogFile(path)
         try:
-            with open(path, "rb") as raw:
-                for line in log_lines(raw):
-                    for alert in engine.evaluate_line(line):
-                        on_alert(alert)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            err.write(f"kube-audit-shipper detect: {path}: {exc}\n")
+            for line in log_file.lines():
+                for alert in engine.evaluate_line(line):
+                    on_alert(alert)
+        except LogReadError as exc:
+            err.write(f"kube-audit-shipper detect: {exc}\n")
             code = EXIT_LOG_ERROR
+        if log_file.oversize_lines:
+            err.write(f"kube-audit-shipper detect: {path}: {log_file.oversize_lines} line(s) over {log_file.max_line_bytes} bytes skipped\n")
     return code
 
 

@@ -201,16 +201,16 @@ class SinkRunner:
         for fid, (start, end) in batch.ranges.items():
             self.ledger.ack(self.name, fid, start, end)
 
-    async def deliver_batch(self, batch: Batch) -> None:
-        """Deliver a batch holding one of the slots (released here), then acknowledge it."""
+    async def deliver_batch(self, batch: Batch, *, spill: bool = True) -> None:
+        """Deliver a batch holding one of the slots (released here), then acknowledge it. With a spool, a failing
+        batch is parked there (`spill`); without `spill` (a batch the spool cannot take) it is retried here."""
         released = False
         try:
             started = time.monotonic()
             records, locate, todo = self._undelivered(batch)
             left = set(range(len(records)))
-            batch.left = {todo[k] for k in left}
             try:
-                await self.deliver_records(records, locate, spill=self.spooling is not None, left=left)
+                await self.deliver_records(records, locate, spill=spill and self.spooling is not None, left=left)
             except _Spill:  # the sink failed and has a spool: park what is left of the batch there, the reader goes on
                 batch.left = {todo[k] for k in left}
                 self.slots.release()

@@ -39,7 +39,7 @@ class SpoolOwner(Protocol):
 
     def ack(self, batch: Batch) -> None: ...
 
-    async def deliver_batch(self, batch: Batch) -> None: ...
+    async def deliver_batch(self, batch: Batch, *, spill: bool = True) -> None: ...
 
     async def deliver_records(self, records: list[bytes], locate: Locate | None = None, *, spill: bool = False) -> None: ...
 
@@ -87,9 +87,9 @@ class SpoolSide:
                         "spool full: the reader waits until the sink catches up", extra={"sink": self.runner.name, "spool_bytes": self.spool.bytes_used}
                     )
                 await asyncio.sleep(SPOOL_FULL_POLL_S)
-            except RecordTooLargeError:  # a batch bigger than the whole spool: deliver it directly
+            except RecordTooLargeError:  # a batch bigger than the whole spool: deliver it here, retrying, never spilled again
                 await self.runner.slots.acquire()
-                await self.runner.deliver_batch(batch)
+                await self.runner.deliver_batch(batch, spill=False)
                 return
         self.spooled_batches += 1
         self.runner.ack(batch)
@@ -146,7 +146,8 @@ class SpoolSide:
             lines = rec.payload.split(b"\n") if rec.payload else []
             try:
                 where: Any = msgspec.json.decode(rec.meta) if rec.meta else []
-            except msgspec.DecodeError:
+            except msgspec.DecodeError:  # the records ship all the same; only a dead letter's source location is unknown
+                log.warning("a spooled batch's source locations cannot be read; its dead letters, if any, will not name them", extra={"sink": self.runner.name})
                 where = []
             await self.runner.deliver_records(lines, lambda k: tuple(where[k]) if k < len(where) and where[k] else None)
         if self.spool.ack(rec.id):

@@ -149,7 +149,11 @@ class _StateCollector(Collector):
         )
         state = GaugeMetricFamily(P + "sink_state", "1 for the sink's current state (ok, retrying, blocked)", labels=["sink", "state"])
         blocked = GaugeMetricFamily(P + "sink_blocked_seconds", "How long the sink has been blocked (0 when not blocked)", labels=["sink"])
-        rejected = CounterMetricFamily(P + "sink_events_rejected", "Events a sink refused for good (dead-lettered with the backend's reason)", labels=["sink"])
+        rejected = CounterMetricFamily(
+            P + "sink_events_rejected",
+            "Events a sink dead-lettered other than by retry.max_retry_age_s: refused by the backend, unencodable, or too large",
+            labels=["sink"],
+        )
         for sink, current in sorted(s.sink_state.items()):
             for name in ("ok", "retrying", "blocked"):
                 state.add_metric([sink, name], 1 if current == name else 0)

@@ -71,9 +71,9 @@ class LineProcessor:
         with self._lock:
             self._counts.update(counts)
 
-    def count_one(self, key: str) -> None:
+    def count_one(self, key: str, n: int = 1) -> None:
         with self._lock:
-            self._counts[key] += 1
+            self._counts[key] += n
 
     def process(self, fid: int, lines: Lines, path: str, *, detect_from: int = 0, pending_alerts: list[bytes] | None = None) -> Processed:
         """`detect_from`: lines ending at or before it are not detected on again (restored state has them);
@@ -97,7 +97,7 @@ class LineProcessor:
                 if transform is None:
                     check_event(line)
                     out: bytes | None = line
-                    raised: list[Alert] = []
+                    raised: list[Alert] = NO_ALERTS
                 else:
                     if not line.isascii():
                         check_utf8(line)  # the transform's decoder checks the JSON
@@ -150,6 +150,8 @@ class LineProcessor:
                 if end <= detect_from or not line or line.isspace():
                     continue
                 try:
+                    if not line.isascii():
+                        check_utf8(line)  # as `process` does: a line the worker dead-letters raises nothing
                     raised = transform.detect(line)
                 except Exception:  # noqa: BLE001  # malformed, or failing: the worker's copy of the line is dead-lettered
                     raised = NO_ALERTS
@@ -158,7 +160,7 @@ class LineProcessor:
                     alert_ends.append(end)
                     alert_starts.append(end - len(line) - 1)
         if alerts:
-            self.count_one_n("alerts", len(alerts))
+            self.count_one("alerts", len(alerts))
         return _alerts_chunk(fid, lines, alerts, alert_ends, alert_starts, pending_alerts, time.monotonic())
 
     def absorb(self, shaped: Processed, counts: ShapeCounts | None, alerts: Chunk) -> Processed:
@@ -167,10 +169,6 @@ class LineProcessor:
         if counts is not None and self.transform is not None:
             self.transform.add_counts(counts)
         return Processed(shaped.events, alerts, shaped.dead, shaped.counts)
-
-    def count_one_n(self, key: str, n: int) -> None:
-        with self._lock:
-            self._counts[key] += n
 
     def _encode_alert(self, alert: Alert) -> bytes:
         if self.node is not None or self.cluster is not None:

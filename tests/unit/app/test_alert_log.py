@@ -36,3 +36,13 @@ def test_each_rule_logs_its_first_alerts_a_minute_then_how_many_more(tmp_path: P
     summary = [r for r in caplog.records if "not logged one by one" in r.getMessage()]
     assert len(summary) == 1 and summary[0].__dict__["alerts"] == 25 - ALERT_LOGS_PER_RULE
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("alert: ")] == ["alert: exec-into-container 0"]
+
+
+def test_the_alerts_not_logged_one_by_one_are_summarised_at_stop(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A backlog that ends within the minute still says how many alerts it did not log one by one."""
+    agent = Agent(parse({"state_dir": str(tmp_path), "sinks": [{"name": "a", "type": "file", "path": str(tmp_path / "out")}]}))
+    with caplog.at_level(logging.WARNING, logger="kube_audit_shipper.app.pipeline"):
+        agent._log_alerts(alerts("exec-into-container", ALERT_LOGS_PER_RULE + 7))
+        agent._flush_alert_log()
+    summary = [r for r in caplog.records if "not logged one by one" in r.getMessage()]
+    assert len(summary) == 1 and summary[0].__dict__["alerts"] == 7

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kube_audit_shipper.deadletter.store import DeadLetterStore
-from kube_audit_shipper.delivery.config import BatchConfig
+from kube_audit_shipper.delivery.config import BatchConfig, RetryConfig
 from tests.support.wait import until
 from tests.unit.delivery.test_engine import NEVER, MemSink, Model, SpyLedger, runner_for, spool_at, track_appends
 
@@ -70,3 +70,27 @@ async def test_a_batch_stopped_midway_spools_only_what_was_not_delivered(dl: Dea
     assert await asyncio.wait_for(runner.finish(0.05), 5) == 0  # not abandoned: spooled
     assert spooled_records == set(c.records[2:])
     assert ledger.offset(1) == c.end
+
+
+@pytest.mark.asyncio
+async def test_a_batch_the_spool_can_never_take_is_retried_in_place_not_spilled_again(dl: DeadLetterStore, tmp_path: Path) -> None:
+    """Regression: a failing batch larger than the whole spool went to the spool, which handed it back to be
+    delivered with `spill` on: each failure recursed (spool -> deliver -> spool) with no backoff, until the
+    recursion limit killed the runner. Now it is retried where it is, with the engine's backoff."""
+    model = Model(9)
+    c = model.chunk(1, [100] * 8)
+    sink = MemSink(per_request=8, fail=lambda payload, attempt: attempt <= 3000)
+    spool = spool_at(tmp_path, max_bytes=64)  # smaller than any batch
+    ledger = SpyLedger([sink], model)
+    ledger.open(1, 0)
+    runner = runner_for(
+        sink, ledger, dl, batch=BatchConfig(max_events=8, max_bytes=1 << 20, max_wait_ms=NEVER), retry=RetryConfig(initial_ms=1, max_ms=1), spool=spool
+    )
+    task = asyncio.get_running_loop().create_task(runner.run())
+    runner.queue.put_nowait(c)
+    await until(lambda: sink.delivered == set(c.records) or task.done(), what="the batch delivered after 3000 failures")
+    assert not task.done() or task.exception() is None
+    await runner.stop()
+    await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(runner.finish(None), 5)
+    assert runner.spooled_batches == 0 and ledger.offset(1) == c.end and ledger.violations == []

@@ -17,6 +17,7 @@ from kube_audit_shipper.model import FileStat, Fingerprint, Lines
 from kube_audit_shipper.source.config import InputConfig
 from kube_audit_shipper.source.inotify import Inotify
 from kube_audit_shipper.source.tailer import Tailer
+from tests.support.wait import until
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux only")
 
@@ -57,14 +58,6 @@ class Output:
     def incomplete_tail(self, fid: int, path: str, offset: int, length: int) -> None: ...
     def unreadable_rest(self, fid: int, path: str, offset: int, reason: str) -> None: ...
     def retired(self, fid: int) -> None: ...
-
-
-async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def run_tailer(cfg: InputConfig, body: Callable[[Tailer, Output], Awaitable[None]], *, scan_first: bool = False) -> None:
@@ -136,7 +129,7 @@ def test_a_growing_file_is_read_soon_and_an_idle_one_costs_no_looks(tmp_path: Pa
         assert count() == 0
         with log.open("ab") as f:
             f.write(b'{"n":1}\n')
-        await until(lambda: len(out.lines) == 2, timeout=5.0)  # the safety net is 600 s away
+        await until(lambda: len(out.lines) == 2, timeout_s=5.0)  # the safety net is 600 s away
         assert tailer.hints.file_wakes > wakes  # type: ignore[union-attr]
 
     run_tailer(cfg, body, scan_first=scan_first)
@@ -177,9 +170,9 @@ def test_without_notifications_open_files_are_polled(tmp_path: Path, monkeypatch
         await asyncio.sleep(0.05)
         with log.open("ab") as f:
             f.write(b'{"n":1}\n')
-        await until(lambda: len(out.lines) == 1, timeout=5.0)
+        await until(lambda: len(out.lines) == 1, timeout_s=5.0)
         count = looks(tailer)
-        await until(lambda: count() >= 3, timeout=5.0)  # polled every 50 ms though nothing changes
+        await until(lambda: count() >= 3, timeout_s=5.0)  # polled every 50 ms though nothing changes
 
     run_tailer(cfg, body)
 
@@ -243,7 +236,7 @@ def test_a_reader_waiting_for_room_goes_on_when_room_comes_not_at_the_next_paced
         stop = asyncio.Event()
         task = asyncio.create_task(tailer.run(stop, once=once))
         try:
-            await until(lambda: len(out.lines) == 400, timeout=20.0)
+            await until(lambda: len(out.lines) == 400, timeout_s=20.0)
         finally:
             stop.set()
             await asyncio.wait_for(task, 10)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import zstandard
 
 from kube_audit_shipper.commands import detect, rules
 from kube_audit_shipper.model import alert_decoder, alert_encoder
@@ -52,6 +53,17 @@ def test_detect_json_is_the_engine_s_alerts_in_file_order(logs: list[Path]):
     expected = [alert for raw in corpus_lines() for alert in engine.evaluate_line(raw)]
     assert printed == expected and len(printed) > 50
     assert out.splitlines()[0] == alert_encoder.encode(expected[0]).decode()
+
+
+def test_detect_reads_the_file_sink_s_zstd_output_as_report_does(logs: list[Path], tmp_path: Path):
+    """The README's promise: detect takes the file sink's .ndjson.zst too (it read it as plain text: no alerts)."""
+    lines = list(corpus_lines())
+    shipped = tmp_path / "archive-1.ndjson.zst"
+    compressor = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    shipped.write_bytes(b"".join(compressor.compress(b"\n".join(part) + b"\n") for part in (lines[:100], lines[100:])))  # one frame per batch
+    _, plain, _ = call(detect, ["--json", *map(str, logs)])
+    code, out, err = call(detect, ["--json", str(shipped)])
+    assert code == 0 and err == "" and out == plain
 
 
 def test_detect_table(logs: list[Path]):
