@@ -368,9 +368,10 @@ class Agent:
     async def run(self, *, once: bool = False, on_ready: Callable[[Agent], None] | None = None) -> int:
         lock_fd = lock_state_dir(Path(self.cfg.state_dir))
         self._supervisor = Supervisor()
-        started_sinks = False
+        started_sinks = built = False
         try:
             self._build()
+            built = True
             assert self.tailer is not None and self.stage is not None
             addr = self.cfg.metrics.address()
             if addr is not None:
@@ -404,6 +405,11 @@ class Agent:
             if self.server is not None:
                 await self.server.aclose()
             if started_sinks and not self._closed:  # run failed: still close clients and background tasks of the sinks
+                await self.sinks.aclose(0.0)
+                await self.alert_targets.aclose(0.0)
+            elif built and not started_sinks:  # stopped during the first checkpoint: release what the runners hold
+                for runner in self.runners:  # (their spools' locks: a pipeline restarted in this process opens them)
+                    await runner.finish(0.0)
                 await self.sinks.aclose(0.0)
                 await self.alert_targets.aclose(0.0)
             if self.stage is not None:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from kube_audit_shipper.app.pipeline import Agent
 from kube_audit_shipper.config import Config
+from kube_audit_shipper.delivery.spool import Spool
 from tests.support.corpus import audit_id, numbered_lines
 from tests.support.harness import Running, append, make_config, sink_lines
 from tests.support.wait import until
@@ -150,3 +152,20 @@ def test_a_state_dir_that_cannot_be_created_is_one_clear_line_and_exit_code_2(tm
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert any("state_dir /proc/kube-audit-shipper-test/state cannot be used" in x for x in proc.stderr.splitlines())
+
+
+@pytest.mark.asyncio
+async def test_a_pipeline_stopped_during_its_first_checkpoint_releases_its_spools(tmp_path: Path) -> None:
+    """Regression (found by the model test): a pipeline stopped while the state directory refused its first
+    checkpoint (a reload restarting it on a full disk) kept its runners' spool locks, so the pipeline restarted
+    in the same process failed: "spool … is already open". The runners it never started release them."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "checkpoints.json.tmp").mkdir()  # every checkpoint write fails (IsADirectoryError)
+    append(tmp_path / "log" / "audit.log", numbered_lines(5))
+    agent = Agent(config(tmp_path))
+    task = asyncio.get_running_loop().create_task(agent.run())
+    await until(lambda: agent.state_writes.errors["checkpoint"] >= 1, what="the first checkpoint refused")
+    agent.request_stop()
+    await asyncio.wait_for(task, 30)
+    Spool(state / "spool" / "archive", max_bytes=1 << 20, segment_bytes=1 << 20).close()  # the lock is free
